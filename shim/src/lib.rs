@@ -1,0 +1,9 @@
+//! engine-shim: runs exactly the engine version compatible with the chain's on-chain release.
+//!
+//! Data flows one way: the [`follower`] turns finalized blocks into observations, the pure [`gate`]
+//! turns observations and child exits into actions, and the [`supervisor`] carries them out on real
+//! processes. [`check`] answers the same compatibility question once, for scripts and CI.
+
+pub mod block;
+pub mod storage_key;
+pub mod version;
