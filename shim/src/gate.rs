@@ -1,0 +1,444 @@
+//! The gate: a pure state machine deciding which engine runs.
+//!
+//! It is fed [`Event`]s (a finalized block with the release read at it, a child's exit, a restart
+//! timer firing, shutdown) and answers with [`Action`]s for the async shell to carry out. It never
+//! touches a process, a socket or a clock: time arrives inside events. That keeps every decision
+//! testable on its own, including the guarantees operators rely on:
+//!
+//! - an engine is started only when the last *known* release is compatible with it;
+//! - nothing is started while another child is still alive (a stop must complete first);
+//! - an unknown release (absent, 0.0.0, malformed) changes nothing: the state is kept.
+
+use std::time::Duration;
+
+use crate::backoff::RestartBackoff;
+use crate::block::BlockRef;
+use crate::version::{Compatibility, ReleaseError, Rule, SemVer};
+
+/// Index of an engine in the list the gate was built with.
+pub type EngineId = usize;
+
+/// What happened, as far as the gate is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The next finalized block, with the release read at it. `now` is monotonic time since start.
+    Block {
+        block: BlockRef,
+        release: Result<SemVer, ReleaseError>,
+        now: Duration,
+    },
+    /// A child the gate started has been reaped. `uptime` is how long it ran.
+    ChildExited {
+        engine: EngineId,
+        uptime: Duration,
+        status: String,
+    },
+    /// A restart timer the gate asked for has fired.
+    RestartDue { engine: EngineId },
+    /// The shim was asked to stop (SIGTERM / SIGINT).
+    Shutdown,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start this engine. `block` is the first finalized block of the release it is compatible with.
+    Start { engine: EngineId, block: BlockRef },
+    /// Stop this engine gracefully (TERM, grace, KILL); its exit comes back as [`Event::ChildExited`].
+    Stop { engine: EngineId },
+    /// Send [`Event::RestartDue`] for this engine after the delay.
+    ScheduleRestart { engine: EngineId, after: Duration },
+    /// Tell the operator something; the shell formats and logs it.
+    Notify(Notice),
+    /// Everything is stopped after a shutdown: the shell may exit.
+    Exit,
+}
+
+/// Operator-visible news. The wording lives in the telemetry layer; the gate only says what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// An engine is about to start because the release at `block` is compatible with it.
+    Starting {
+        engine: SemVer,
+        release: SemVer,
+        block: BlockRef,
+        restart: bool,
+    },
+    /// The engine is newer than the release and waits (Chainflip's WAITING line).
+    Waiting {
+        engine: SemVer,
+        release: SemVer,
+        block: BlockRef,
+    },
+    /// The running engine is older than the release and is being stopped.
+    NoLongerCompatible {
+        engine: SemVer,
+        release: SemVer,
+        block: BlockRef,
+    },
+    /// The release moved backwards below the running engine, which is being stopped.
+    ReleaseMovedBack {
+        engine: SemVer,
+        release: SemVer,
+        block: BlockRef,
+    },
+    /// No installed engine fits the release; the operator must install one.
+    NoCompatibleEngine {
+        release: SemVer,
+        block: BlockRef,
+        installed: Vec<SemVer>,
+    },
+    /// The release could not be used at this block; nothing changes.
+    ReleaseUnknown {
+        block: BlockRef,
+        error: ReleaseError,
+        running: Option<SemVer>,
+    },
+    /// An engine exited while it should run; it is restarted after `restart_in`.
+    Crashed {
+        engine: SemVer,
+        status: String,
+        uptime: Duration,
+        restart_in: Duration,
+    },
+    /// An engine that was asked to stop has exited.
+    Stopped { engine: SemVer, status: String },
+}
+
+/// The one child the gate may have, as an explicit life cycle rather than a heap of flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// No child is alive.
+    Idle,
+    /// A child was started and has not exited.
+    Running(EngineId),
+    /// A stop was requested; the child is alive until its exit is reported.
+    Stopping(EngineId),
+    /// The child crashed; a restart timer is pending. No child is alive.
+    RestartPending(EngineId),
+}
+
+/// The release the gate last knew for sure, and the first block that carried it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KnownRelease {
+    version: SemVer,
+    /// The engine compatible with it, if one is installed.
+    target: Option<EngineId>,
+    /// First finalized block at which `target` became the engine to run (the hand-over block).
+    since: BlockRef,
+    /// Last block seen, for log lines.
+    latest: BlockRef,
+}
+
+/// Decides run / idle for a set of engines from finalized releases and child exits.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    engines: Vec<SemVer>,
+    rule: Rule,
+    wait_log_every: Duration,
+    start_secs: Duration,
+    job: Job,
+    known: Option<KnownRelease>,
+    backoff: Vec<RestartBackoff>,
+    /// When a waiting / no-engine / unknown-release line was last logged, to repeat it calmly.
+    last_wait_log: Option<Duration>,
+    /// The problem last reported for an unknown release, so a change of problem is logged at once.
+    last_release_error: Option<ReleaseError>,
+    shutting_down: bool,
+    /// Time of the latest block event; child exits carry no time of their own.
+    now: Duration,
+}
+
+impl Gate {
+    /// Builds a gate for `engines` (at least one). `wait_log_every` bounds how often a waiting line
+    /// repeats; `start_secs` is how long a child must stay up for its crash back-off to reset.
+    pub fn new(
+        engines: Vec<SemVer>,
+        rule: Rule,
+        wait_log_every: Duration,
+        start_secs: Duration,
+    ) -> Self {
+        assert!(!engines.is_empty(), "the gate needs at least one engine");
+        let backoff = engines
+            .iter()
+            .map(|_| RestartBackoff::new(start_secs))
+            .collect();
+        Gate {
+            engines,
+            rule,
+            wait_log_every,
+            start_secs,
+            job: Job::Idle,
+            known: None,
+            backoff,
+            last_wait_log: None,
+            last_release_error: None,
+            shutting_down: false,
+            now: Duration::ZERO,
+        }
+    }
+
+    /// The engine whose child is alive (running or being stopped), if any.
+    pub fn alive(&self) -> Option<EngineId> {
+        match self.job {
+            Job::Running(engine) | Job::Stopping(engine) => Some(engine),
+            Job::Idle | Job::RestartPending(_) => None,
+        }
+    }
+
+    /// The engine that should run according to the last known release.
+    pub fn target(&self) -> Option<EngineId> {
+        self.known.and_then(|known| known.target)
+    }
+
+    /// How long a child must stay up before its crash back-off resets.
+    pub fn start_secs(&self) -> Duration {
+        self.start_secs
+    }
+
+    /// Feeds one event and returns what to do, in order.
+    pub fn step(&mut self, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match event {
+            Event::Block {
+                block,
+                release,
+                now,
+            } => {
+                self.now = now;
+                match release {
+                    Ok(version) => self.on_release(block, version, now, &mut actions),
+                    Err(error) => self.on_unknown_release(block, error, now, &mut actions),
+                }
+            }
+            Event::ChildExited {
+                engine,
+                uptime,
+                status,
+            } => self.on_child_exited(engine, uptime, status, &mut actions),
+            Event::RestartDue { engine } => self.on_restart_due(engine, &mut actions),
+            Event::Shutdown => self.on_shutdown(&mut actions),
+        }
+        actions
+    }
+
+    fn on_release(
+        &mut self,
+        block: BlockRef,
+        version: SemVer,
+        now: Duration,
+        actions: &mut Vec<Action>,
+    ) {
+        self.last_release_error = None;
+        let target = self
+            .engines
+            .iter()
+            .position(|&engine| self.rule.compare(engine, version) == Compatibility::Compatible);
+        let target_changed = self.known.is_none_or(|known| known.target != target);
+        let release_changed = self.known.is_none_or(|known| known.version != version);
+        let since = match self.known {
+            Some(known) if !target_changed => known.since,
+            _ => block,
+        };
+        self.known = Some(KnownRelease {
+            version,
+            target,
+            since,
+            latest: block,
+        });
+        if self.shutting_down {
+            return;
+        }
+
+        match self.job {
+            Job::Running(engine) if Some(engine) != target => {
+                let notice = self.incompatible_notice(engine, version, block);
+                actions.push(Action::Notify(notice));
+                actions.push(Action::Stop { engine });
+                self.job = Job::Stopping(engine);
+            }
+            Job::RestartPending(engine) if Some(engine) != target => {
+                // The pending restart is void: the engine is no longer the one to run.
+                let notice = self.incompatible_notice(engine, version, block);
+                actions.push(Action::Notify(notice));
+                self.job = Job::Idle;
+                self.start_or_wait(now, release_changed || target_changed, actions);
+            }
+            Job::Idle => self.start_or_wait(now, release_changed || target_changed, actions),
+            Job::Running(_) | Job::Stopping(_) | Job::RestartPending(_) => {}
+        }
+    }
+
+    fn incompatible_notice(&self, engine: EngineId, release: SemVer, block: BlockRef) -> Notice {
+        let version = self.engines[engine];
+        match self.rule.compare(version, release) {
+            Compatibility::NotYetCompatible => Notice::ReleaseMovedBack {
+                engine: version,
+                release,
+                block,
+            },
+            _ => Notice::NoLongerCompatible {
+                engine: version,
+                release,
+                block,
+            },
+        }
+    }
+
+    /// With no child alive: start the target, or say why nothing runs (calmly, not per block).
+    fn start_or_wait(&mut self, now: Duration, changed: bool, actions: &mut Vec<Action>) {
+        let Some(known) = self.known else { return };
+        if let Some(engine) = known.target {
+            self.start(engine, known, false, actions);
+            return;
+        }
+        let due = changed
+            || self
+                .last_wait_log
+                .is_none_or(|last| now.saturating_sub(last) >= self.wait_log_every);
+        if !due {
+            return;
+        }
+        self.last_wait_log = Some(now);
+        for &engine in &self.engines {
+            let (release, block) = (known.version, known.latest);
+            match self.rule.compare(engine, release) {
+                Compatibility::NotYetCompatible => actions.push(Action::Notify(Notice::Waiting {
+                    engine,
+                    release,
+                    block,
+                })),
+                // Said once per change: repeating it adds nothing the no-engine line does not say.
+                Compatibility::NoLongerCompatible if changed => {
+                    actions.push(Action::Notify(Notice::NoLongerCompatible {
+                        engine,
+                        release,
+                        block,
+                    }))
+                }
+                _ => {}
+            }
+        }
+        actions.push(Action::Notify(Notice::NoCompatibleEngine {
+            release: known.version,
+            block: known.latest,
+            installed: self.engines.clone(),
+        }));
+    }
+
+    fn start(
+        &mut self,
+        engine: EngineId,
+        known: KnownRelease,
+        restart: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        actions.push(Action::Notify(Notice::Starting {
+            engine: self.engines[engine],
+            release: known.version,
+            block: known.since,
+            restart,
+        }));
+        actions.push(Action::Start {
+            engine,
+            block: known.since,
+        });
+        self.job = Job::Running(engine);
+        self.last_wait_log = None;
+    }
+
+    fn on_unknown_release(
+        &mut self,
+        block: BlockRef,
+        error: ReleaseError,
+        now: Duration,
+        actions: &mut Vec<Action>,
+    ) {
+        let changed = self.last_release_error.as_ref() != Some(&error);
+        let due = changed
+            || self
+                .last_wait_log
+                .is_none_or(|last| now.saturating_sub(last) >= self.wait_log_every);
+        if due {
+            self.last_wait_log = Some(now);
+            self.last_release_error = Some(error.clone());
+            actions.push(Action::Notify(Notice::ReleaseUnknown {
+                block,
+                error,
+                running: self.alive().map(|engine| self.engines[engine]),
+            }));
+        }
+    }
+
+    fn on_child_exited(
+        &mut self,
+        engine: EngineId,
+        uptime: Duration,
+        status: String,
+        actions: &mut Vec<Action>,
+    ) {
+        match self.job {
+            Job::Stopping(stopping) if stopping == engine => {
+                actions.push(Action::Notify(Notice::Stopped {
+                    engine: self.engines[engine],
+                    status,
+                }));
+                self.job = Job::Idle;
+                if self.shutting_down {
+                    actions.push(Action::Exit);
+                } else {
+                    // A stop always completes before the next start: this is the hand-over point.
+                    self.start_or_wait(self.now, true, actions);
+                }
+            }
+            Job::Running(running) if running == engine => {
+                let restart_in = self.backoff[engine].next_delay(uptime);
+                actions.push(Action::Notify(Notice::Crashed {
+                    engine: self.engines[engine],
+                    status,
+                    uptime,
+                    restart_in,
+                }));
+                actions.push(Action::ScheduleRestart {
+                    engine,
+                    after: restart_in,
+                });
+                self.job = Job::RestartPending(engine);
+            }
+            // An exit for a child the gate no longer tracks changes nothing.
+            _ => {}
+        }
+    }
+
+    fn on_restart_due(&mut self, engine: EngineId, actions: &mut Vec<Action>) {
+        if self.job != Job::RestartPending(engine) {
+            return;
+        }
+        self.job = Job::Idle;
+        match self.known {
+            Some(known) if known.target == Some(engine) => self.start(engine, known, true, actions),
+            _ => {}
+        }
+    }
+
+    fn on_shutdown(&mut self, actions: &mut Vec<Action>) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        match self.job {
+            Job::Running(engine) => {
+                actions.push(Action::Stop { engine });
+                self.job = Job::Stopping(engine);
+            }
+            Job::Stopping(_) => {}
+            Job::Idle | Job::RestartPending(_) => {
+                self.job = Job::Idle;
+                actions.push(Action::Exit);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
