@@ -4,6 +4,16 @@
 //! turns observations and child exits into actions, and the [`supervisor`] carries them out on real
 //! processes. [`check`] answers the same compatibility question once, for scripts and CI.
 
+pub mod backoff;
 pub mod block;
+pub mod check;
+pub mod cli;
+pub mod follower;
+pub mod gate;
+pub mod probe;
+pub mod run;
+pub mod rpc;
 pub mod storage_key;
+pub mod supervisor;
+pub mod telemetry;
 pub mod version;

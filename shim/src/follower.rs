@@ -1,0 +1,488 @@
+//! The follower: every finalized block, in order, with the release read at it.
+//!
+//! It owns the connection to the node and hides its failures: whatever happens on the wire, the
+//! receiver sees one [`FollowerEvent::Block`] per finalized block, strictly in order, never skipped
+//! and never repeated, interleaved with events that say why blocks stopped arriving for a while
+//! (disconnected, syncing, node reset). It knows nothing about engines.
+//!
+//! How it works, per connection:
+//! 1. connect, subscribe to finalized heads; the node answers with its current finalized head;
+//! 2. on each notification, ask `system_health`; while the node syncs, process nothing;
+//! 3. otherwise fetch every block from the last processed one up to the head (finality may jump
+//!    several blocks at once), pipelined: hash by number, then the release at that hash;
+//! 4. no notification for `stale_after` (a subscription can hang server-side without closing) or
+//!    any RPC failure ⇒ drop the connection, wait a capped exponential back-off, start again and
+//!    resume after the last processed block.
+//!
+//! The decisions that need no I/O — which blocks to fetch, how long to back off — are plain
+//! functions and types at the top of this file.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::block::BlockRef;
+use crate::rpc::{ConnectOptions, Header, NodeClient, RpcError};
+use crate::storage_key::release_key;
+use crate::version::{ReleaseError, SemVer};
+
+/// How many block reads are in flight at once during catch-up. One round trip at a time caps the
+/// rate at 1/RTT; a bounded window keeps the node busy without flooding it, and `buffered` keeps
+/// the answers in block order.
+const PIPELINE_DEPTH: usize = 16;
+
+/// Where to follow and how patiently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerConfig {
+    /// Node WebSocket address, e.g. `ws://127.0.0.1:9944`.
+    pub url: String,
+    /// Raw storage key of the release value.
+    pub storage_key: Vec<u8>,
+    /// No new finalized head for this long ⇒ reconnect.
+    pub stale_after: Duration,
+    /// WebSocket ping interval (finds half-open connections).
+    pub ping_interval: Duration,
+    /// Longest wait for any single answer from the node.
+    pub request_timeout: Duration,
+    /// First reconnect delay; doubles on each failure in a row.
+    pub backoff_initial: Duration,
+    /// Upper bound for the reconnect delay.
+    pub backoff_max: Duration,
+    /// How often to ask a syncing node whether it has finished.
+    pub syncing_poll: Duration,
+}
+
+impl FollowerConfig {
+    /// Defaults for everything but the node and the key.
+    pub fn new(url: impl Into<String>, storage_key: Vec<u8>) -> Self {
+        FollowerConfig {
+            url: url.into(),
+            storage_key,
+            stale_after: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            syncing_poll: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for FollowerConfig {
+    /// A local node and the Chainflip release key.
+    fn default() -> Self {
+        FollowerConfig::new("ws://127.0.0.1:9944", release_key())
+    }
+}
+
+/// What the follower reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowerEvent {
+    /// A connection is up; `finalized` is the node's finalized head at that moment.
+    Connected { url: String, finalized: BlockRef },
+    /// The node reports `isSyncing`: no block is processed until it stops. Sent once per episode.
+    Syncing { url: String },
+    /// The next finalized block. Exactly one per block, strictly in order, gaps filled. A release
+    /// that cannot be used (absent, 0.0.0, wrong length) is reported here, not treated as a fault.
+    Block {
+        block: BlockRef,
+        release: Result<SemVer, ReleaseError>,
+    },
+    /// The connection is gone (lost, stale, or the node answered badly); retrying after `retry_in`.
+    Disconnected { reason: String, retry_in: Duration },
+    /// The node's finalized head is behind the last processed block (the node was wiped or
+    /// restarted on a fresh chain). Following continues from the node's head.
+    NodeReset {
+        last_processed: u64,
+        node_finalized: u64,
+    },
+}
+
+/// Which blocks to fetch after learning of a new finalized head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Fetch and report these blocks, in order.
+    Fetch(RangeInclusive<u64>),
+    /// The head was already processed.
+    UpToDate,
+    /// The head is behind what was processed: report a reset, then continue at the head itself.
+    Reset {
+        last_processed: u64,
+        node_finalized: u64,
+    },
+}
+
+/// Decides what to fetch given the last processed block (`None` before the first) and the node's
+/// finalized head.
+///
+/// The very first block is the current finalized head, not genesis: what matters is the release
+/// now, and replaying history would only delay the first decision.
+pub fn plan(last_processed: Option<u64>, finalized: u64) -> Plan {
+    match last_processed {
+        None => Plan::Fetch(finalized..=finalized),
+        Some(last) if finalized > last => Plan::Fetch(last + 1..=finalized),
+        Some(last) if finalized == last => Plan::UpToDate,
+        Some(last) => Plan::Reset {
+            last_processed: last,
+            node_finalized: finalized,
+        },
+    }
+}
+
+/// Capped exponential back-off between reconnect attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconnectBackoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl ReconnectBackoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let initial = initial.min(max);
+        ReconnectBackoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// The delay before the next attempt; each call doubles the following one, up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = delay.saturating_mul(2).min(self.max);
+        delay
+    }
+
+    /// Back to the initial delay: the last connection was useful.
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// Follows finalized blocks on `config.url` and sends [`FollowerEvent`]s until the receiver is
+/// dropped. Never returns an error: node trouble is reported as events and retried.
+pub async fn follow(config: FollowerConfig, events: mpsc::Sender<FollowerEvent>) {
+    let mut follower = Follower {
+        backoff: ReconnectBackoff::new(config.backoff_initial, config.backoff_max),
+        config,
+        events,
+        last_processed: None,
+        processed_on_this_connection: false,
+    };
+    follower.run().await;
+}
+
+/// Why a connection ended.
+enum Interrupt {
+    /// Nobody listens any more: stop following.
+    ReceiverGone,
+    /// The connection is unusable; the reason is for the operator.
+    Lost(String),
+}
+
+impl From<RpcError> for Interrupt {
+    fn from(err: RpcError) -> Self {
+        Interrupt::Lost(err.to_string())
+    }
+}
+
+struct Follower {
+    config: FollowerConfig,
+    events: mpsc::Sender<FollowerEvent>,
+    backoff: ReconnectBackoff,
+    /// The last block sent out; the resume point across connections.
+    last_processed: Option<u64>,
+    processed_on_this_connection: bool,
+}
+
+impl Follower {
+    async fn run(&mut self) {
+        loop {
+            self.processed_on_this_connection = false;
+            let reason = match self.connection().await {
+                Interrupt::ReceiverGone => return,
+                Interrupt::Lost(reason) => reason,
+            };
+            if self.processed_on_this_connection {
+                self.backoff.reset();
+            }
+            let retry_in = self.backoff.next_delay();
+            if self
+                .send(FollowerEvent::Disconnected { reason, retry_in })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::select! {
+                _ = sleep(retry_in) => {}
+                _ = self.events.closed() => return,
+            }
+        }
+    }
+
+    /// One connection's life; returns only when it ends.
+    async fn connection(&mut self) -> Interrupt {
+        let options = ConnectOptions {
+            ping_interval: Some(self.config.ping_interval),
+            request_timeout: self.config.request_timeout,
+        };
+        let connect = async {
+            let client = NodeClient::connect(&self.config.url, &options).await?;
+            let heads = client.subscribe_finalized_heads().await?;
+            Ok::<_, RpcError>((client, heads))
+        };
+        let (client, mut heads) = tokio::select! {
+            connected = connect => match connected {
+                Ok(pair) => pair,
+                Err(err) => return err.into(),
+            },
+            _ = self.events.closed() => return Interrupt::ReceiverGone,
+        };
+
+        let stale_after = self.config.stale_after;
+
+        // The node sends its current finalized head first.
+        let first = tokio::select! {
+            head = heads.next() => match head {
+                Some(Ok(head)) => head,
+                Some(Err(err)) => return err.into(),
+                None => return closed_by_node(&self.config.url),
+            },
+            _ = sleep(stale_after) => return stale(&self.config.url, stale_after),
+            _ = self.events.closed() => return Interrupt::ReceiverGone,
+        };
+        let finalized = match client.block_hash(first.number).await {
+            Ok(Some(hash)) => BlockRef {
+                number: first.number,
+                hash,
+            },
+            Ok(None) => return missing_block(first.number),
+            Err(err) => return err.into(),
+        };
+        let connected = FollowerEvent::Connected {
+            url: self.config.url.clone(),
+            finalized,
+        };
+        if self.send(connected).await.is_err() {
+            return Interrupt::ReceiverGone;
+        }
+
+        let mut syncing = false;
+        let mut target = first;
+        if let Err(interrupt) = self.on_head(&client, target, &mut syncing).await {
+            return interrupt;
+        }
+        // Measured from the moment the follower is ready for the next head, so a long catch-up
+        // does not count as silence from the node.
+        let mut stale_at = Instant::now() + stale_after;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.events.closed() => return Interrupt::ReceiverGone,
+                head = heads.next() => {
+                    target = match next_head(head, &self.config.url) {
+                        Ok(head) => head,
+                        Err(interrupt) => return interrupt,
+                    };
+                    // Notifications that queued up meanwhile only move the target: one health
+                    // check and one catch-up cover them all.
+                    while let Some(head) = heads.next().now_or_never() {
+                        target = match next_head(head, &self.config.url) {
+                            Ok(head) => head,
+                            Err(interrupt) => return interrupt,
+                        };
+                    }
+                    if let Err(interrupt) = self.on_head(&client, target, &mut syncing).await {
+                        return interrupt;
+                    }
+                    stale_at = Instant::now() + stale_after;
+                }
+                _ = sleep(self.config.syncing_poll), if syncing => {
+                    if let Err(interrupt) = self.on_head(&client, target, &mut syncing).await {
+                        return interrupt;
+                    }
+                    // A syncing node may finalize nothing for a long time; the health answers show
+                    // the connection is alive, so silence only counts once syncing is over.
+                    stale_at = Instant::now() + stale_after;
+                }
+                _ = sleep_until(stale_at) => return stale(&self.config.url, stale_after),
+            }
+        }
+    }
+
+    /// A new finalized head (or a syncing re-poll): check health, then catch up unless syncing.
+    async fn on_head(
+        &mut self,
+        client: &NodeClient,
+        head: Header,
+        syncing: &mut bool,
+    ) -> Result<(), Interrupt> {
+        let health = client.health().await?;
+        if health.is_syncing {
+            if !*syncing {
+                *syncing = true;
+                let event = FollowerEvent::Syncing {
+                    url: self.config.url.clone(),
+                };
+                self.send(event).await?;
+            }
+            return Ok(());
+        }
+        *syncing = false;
+        let range = match plan(self.last_processed, head.number) {
+            Plan::UpToDate => return Ok(()),
+            Plan::Fetch(range) => range,
+            Plan::Reset {
+                last_processed,
+                node_finalized,
+            } => {
+                let event = FollowerEvent::NodeReset {
+                    last_processed,
+                    node_finalized,
+                };
+                self.send(event).await?;
+                node_finalized..=node_finalized
+            }
+        };
+        self.catch_up(client, range).await
+    }
+
+    /// Fetches and reports `range` in order, with bounded concurrency.
+    async fn catch_up(
+        &mut self,
+        client: &NodeClient,
+        range: RangeInclusive<u64>,
+    ) -> Result<(), Interrupt> {
+        let key = self.config.storage_key.as_slice();
+        let mut blocks = futures_util::stream::iter(range)
+            .map(|number| read_block(client, key, number))
+            .buffered(PIPELINE_DEPTH);
+        while let Some(read) = blocks.next().await {
+            let (block, release) = read?;
+            self.events
+                .send(FollowerEvent::Block { block, release })
+                .await
+                .map_err(|_| Interrupt::ReceiverGone)?;
+            self.last_processed = Some(block.number);
+            self.processed_on_this_connection = true;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, event: FollowerEvent) -> Result<(), Interrupt> {
+        self.events
+            .send(event)
+            .await
+            .map_err(|_| Interrupt::ReceiverGone)
+    }
+}
+
+/// One block of the catch-up: its hash by number, then the release at that hash.
+async fn read_block(
+    client: &NodeClient,
+    key: &[u8],
+    number: u64,
+) -> Result<(BlockRef, Result<SemVer, ReleaseError>), Interrupt> {
+    let hash = client
+        .block_hash(number)
+        .await?
+        .ok_or_else(|| missing_block(number))?;
+    let release = client.release_at(key, &hash).await?;
+    Ok((BlockRef { number, hash }, release))
+}
+
+fn next_head(head: Option<Result<Header, RpcError>>, url: &str) -> Result<Header, Interrupt> {
+    match head {
+        Some(Ok(head)) => Ok(head),
+        Some(Err(err)) => Err(err.into()),
+        None => Err(closed_by_node(url)),
+    }
+}
+
+fn stale(url: &str, after: Duration) -> Interrupt {
+    Interrupt::Lost(format!(
+        "no finalized head from the node at {url} for {} (finality stalled or the subscription \
+         hung); reconnecting",
+        humantime::format_duration(after)
+    ))
+}
+
+fn closed_by_node(url: &str) -> Interrupt {
+    Interrupt::Lost(format!(
+        "connection to the node at {url} closed; reconnecting"
+    ))
+}
+
+fn missing_block(number: u64) -> Interrupt {
+    Interrupt::Lost(format!(
+        "node reported block #{number} as finalized but has no hash for it; reconnecting"
+    ))
+}
+
+/// Against a real WebSocket server standing in for a node.
+#[cfg(test)]
+mod node_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_block_is_the_current_finalized_head() {
+        assert_eq!(plan(None, 1234), Plan::Fetch(1234..=1234));
+        assert_eq!(plan(None, 0), Plan::Fetch(0..=0));
+    }
+
+    #[test]
+    fn gaps_are_filled_from_the_block_after_the_last_processed() {
+        assert_eq!(plan(Some(10), 11), Plan::Fetch(11..=11));
+        assert_eq!(plan(Some(10), 15), Plan::Fetch(11..=15));
+    }
+
+    #[test]
+    fn a_head_already_processed_needs_nothing() {
+        assert_eq!(plan(Some(10), 10), Plan::UpToDate);
+    }
+
+    #[test]
+    fn a_head_behind_the_last_processed_is_a_node_reset() {
+        assert_eq!(
+            plan(Some(10), 3),
+            Plan::Reset {
+                last_processed: 10,
+                node_finalized: 3
+            }
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut backoff = ReconnectBackoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        let delays: Vec<_> = (0..6).map(|_| backoff.next_delay()).collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 5000, 5000].map(Duration::from_millis)
+        );
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn backoff_never_exceeds_the_cap_even_when_it_starts_above_it() {
+        let mut backoff = ReconnectBackoff::new(Duration::from_secs(10), Duration::from_secs(2));
+        assert_eq!(backoff.next_delay(), Duration::from_secs(2));
+        assert_eq!(backoff.next_delay(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn backoff_saturates_instead_of_overflowing() {
+        let mut backoff = ReconnectBackoff::new(Duration::MAX, Duration::MAX);
+        assert_eq!(backoff.next_delay(), Duration::MAX);
+        assert_eq!(backoff.next_delay(), Duration::MAX);
+    }
+}

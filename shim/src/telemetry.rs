@@ -1,0 +1,190 @@
+//! Log set-up and the wording of every line an operator may grep for.
+//!
+//! The gate and the follower say *what* happened; this module says it in words. The WAITING and
+//! "no longer compatible" lines keep Chainflip's exact wording so existing alerts keep working.
+//! In JSON mode each line is tracing's `{"timestamp","level","fields":{"message",…},"target"}`,
+//! the same shape the engine itself logs.
+
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::follower::FollowerEvent;
+use crate::gate::Notice;
+use crate::version::SemVer;
+
+/// How log lines are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
+pub fn init(format: LogFormat, to_stderr: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // `try_init` so a second call (tests) is harmless.
+    let _ = match (format, to_stderr) {
+        (LogFormat::Text, false) => builder.with_ansi(false).try_init(),
+        (LogFormat::Text, true) => builder
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        (LogFormat::Json, false) => builder.json().try_init(),
+        (LogFormat::Json, true) => builder.json().with_writer(std::io::stderr).try_init(),
+    };
+}
+
+/// Chainflip's waiting line, verbatim.
+pub fn waiting_line(engine: SemVer, release: SemVer, hash: impl std::fmt::Display) -> String {
+    format!(
+        "This version '{engine}' is incompatible with the current release '{release}' at block: {hash}. WAITING for a compatible release version."
+    )
+}
+
+/// Chainflip's line when a running engine meets the first incompatible finalized block, verbatim.
+pub fn no_longer_line(engine: SemVer, release: SemVer, hash: impl std::fmt::Display) -> String {
+    format!(
+        "This version '{engine}' is no longer compatible with the release version '{release}' at block: {hash}"
+    )
+}
+
+fn versions(list: &[SemVer]) -> String {
+    list.iter()
+        .map(SemVer::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn secs(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+/// Logs a gate notice.
+pub fn notice(notice: &Notice) {
+    match notice {
+        Notice::Starting {
+            engine,
+            release,
+            block,
+            restart,
+        } => {
+            let verb = if *restart { "restarting" } else { "starting" };
+            info!(
+                engine_version = %engine, release = %release, block_number = block.number, block_hash = %block.hash,
+                "{verb} engine {engine}: compatible with release {release} since block #{} ({})",
+                block.number, block.hash
+            );
+        }
+        Notice::Waiting {
+            engine,
+            release,
+            block,
+        } => info!(
+            engine_version = %engine, release = %release, block_number = block.number, block_hash = %block.hash,
+            "{}", waiting_line(*engine, *release, block.hash)
+        ),
+        Notice::NoLongerCompatible {
+            engine,
+            release,
+            block,
+        } => warn!(
+            engine_version = %engine, release = %release, block_number = block.number, block_hash = %block.hash,
+            "{}", no_longer_line(*engine, *release, block.hash)
+        ),
+        Notice::ReleaseMovedBack {
+            engine,
+            release,
+            block,
+        } => warn!(
+            engine_version = %engine, release = %release, block_number = block.number, block_hash = %block.hash,
+            "This version '{engine}' is not yet compatible with the release version '{release}' at block: {} (the release moved back); stopping it",
+            block.hash
+        ),
+        Notice::NoCompatibleEngine {
+            release,
+            block,
+            installed,
+        } => warn!(
+            release = %release, block_number = block.number, block_hash = %block.hash, installed = %versions(installed),
+            "no installed engine is compatible with release {release} at block #{} ({}); installed: {}; install a {}.{}.x engine",
+            block.number, block.hash, versions(installed), release.major, release.minor
+        ),
+        Notice::ReleaseUnknown {
+            block,
+            error,
+            running,
+        } => {
+            let state = match running {
+                Some(engine) => format!("keeping engine {engine} running"),
+                None => "starting nothing".to_string(),
+            };
+            error!(
+                block_number = block.number, block_hash = %block.hash, error = %error,
+                "cannot use the release at block #{} ({}): {error}; {state}",
+                block.number, block.hash
+            );
+        }
+        Notice::Crashed {
+            engine,
+            status,
+            uptime,
+            restart_in,
+        } => error!(
+            engine_version = %engine, status = %status, restart_in_ms = restart_in.as_millis() as u64,
+            "engine {engine} exited unexpectedly ({status}) after {}; restarting in {}",
+            secs(*uptime), secs(*restart_in)
+        ),
+        Notice::Stopped { engine, status } => info!(
+            engine_version = %engine, status = %status,
+            "engine {engine} stopped ({status})"
+        ),
+    }
+}
+
+/// Logs what the follower reports about the node.
+pub fn follower_event(event: &FollowerEvent) {
+    match event {
+        FollowerEvent::Connected { url, finalized } => info!(
+            node = %url, block_number = finalized.number, block_hash = %finalized.hash,
+            "connected to node {url}; finalized head #{} ({})", finalized.number, finalized.hash
+        ),
+        FollowerEvent::Syncing { url } => warn!(
+            node = %url,
+            "node at {url} is syncing; waiting before reading the release"
+        ),
+        FollowerEvent::Disconnected { reason, retry_in } => warn!(
+            retry_in_ms = retry_in.as_millis() as u64,
+            "lost the node: {reason}; reconnecting in {} (the engine's state is kept)", secs(*retry_in)
+        ),
+        FollowerEvent::NodeReset {
+            last_processed,
+            node_finalized,
+        } => warn!(
+            last_processed, node_finalized,
+            "the node's finalized head #{node_finalized} is behind block #{last_processed} already processed (was the node reset?); following the node from here"
+        ),
+        FollowerEvent::Block { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chainflip_wording_is_verbatim() {
+        let hash = "0x4d66fb38";
+        assert_eq!(
+            waiting_line(SemVer::new(1, 1, 0), SemVer::new(1, 0, 0), hash),
+            "This version '1.1.0' is incompatible with the current release '1.0.0' at block: 0x4d66fb38. WAITING for a compatible release version."
+        );
+        assert_eq!(
+            no_longer_line(SemVer::new(1, 0, 0), SemVer::new(1, 1, 0), hash),
+            "This version '1.0.0' is no longer compatible with the release version '1.1.0' at block: 0x4d66fb38"
+        );
+    }
+}
