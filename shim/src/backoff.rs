@@ -22,7 +22,7 @@ impl Backoff {
     /// The delay to wait now; the one after it is twice as long, capped.
     pub fn next_delay(&mut self) -> Duration {
         let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         delay
     }
 
@@ -73,6 +73,20 @@ mod tests {
         assert_eq!(delays, [S(1), S(2), S(4), S(8), S(10), S(10)]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), S(1));
+    }
+
+    #[test]
+    fn never_exceeds_the_cap_even_when_it_starts_above_it() {
+        let mut backoff = Backoff::new(S(10), S(2));
+        assert_eq!(backoff.next_delay(), S(2));
+        assert_eq!(backoff.next_delay(), S(2));
+    }
+
+    #[test]
+    fn saturates_instead_of_overflowing() {
+        let mut backoff = Backoff::new(Duration::MAX, Duration::MAX);
+        assert_eq!(backoff.next_delay(), Duration::MAX);
+        assert_eq!(backoff.next_delay(), Duration::MAX);
     }
 
     #[test]

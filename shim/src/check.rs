@@ -118,13 +118,21 @@ async fn verdict(args: &CheckArgs) -> Result<Verdict, String> {
         ping_interval: None,
         request_timeout: args.timeout,
     };
-    let client = tokio::time::timeout(args.timeout, NodeClient::connect(&args.chain.node, &options))
-        .await
-        .map_err(|_| format!("node at {} did not answer within {:?}", args.chain.node, args.timeout))?
-        .map_err(|e| e.to_string())?;
+    let client = tokio::time::timeout(
+        args.timeout,
+        NodeClient::connect(&args.chain.node, &options),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "node at {} did not answer within {:?}",
+            args.chain.node, args.timeout
+        )
+    })?
+    .map_err(|e| e.to_string())?;
     let block = resolve_block(&client, args.at).await?;
     let release = client
-        .release_at(&args.chain.storage_key, &block.hash)
+        .release_at(&args.chain.release_key(), &block.hash)
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("at block #{} ({}): {e}", block.number, block.hash))?;
@@ -137,10 +145,7 @@ async fn verdict(args: &CheckArgs) -> Result<Verdict, String> {
 }
 
 /// The block to read at: `--at` if given, else the finalized head of a node that is not syncing.
-async fn resolve_block(
-    client: &NodeClient,
-    at: Option<BlockSelector>,
-) -> Result<BlockRef, String> {
+async fn resolve_block(client: &NodeClient, at: Option<BlockSelector>) -> Result<BlockRef, String> {
     let url = client.url().to_string();
     let hash = match at {
         Some(BlockSelector::Hash(hash)) => hash,
@@ -196,7 +201,9 @@ mod tests {
         };
         assert_eq!(verdict.exit_code(), 10);
         let text = verdict.to_string();
-        assert!(text.starts_with("engine 1.1.0 is not yet compatible with release 1.0.0 at block #7 (0xabab"));
+        assert!(text.starts_with(
+            "engine 1.1.0 is not yet compatible with release 1.0.0 at block #7 (0xabab"
+        ));
         let json = verdict.to_json();
         assert_eq!(json["compatibility"], "not_yet_compatible");
         assert_eq!(json["block_number"], 7);

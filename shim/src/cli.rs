@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::storage_key;
+use crate::storage_key::StorageKey;
 use crate::telemetry::LogFormat;
 use crate::version::{Rule, SemVer};
 
@@ -34,17 +34,26 @@ pub struct ChainArgs {
     /// WebSocket URL of the node's JSON-RPC.
     #[arg(long, env = "ENGINE_SHIM_NODE", default_value = "ws://127.0.0.1:9944")]
     pub node: String,
-    /// Storage key of the release value (hex). Default: Environment::CurrentReleaseVersion.
-    #[arg(long, env = "ENGINE_SHIM_STORAGE_KEY", value_parser = storage_key::parse_key,
-          default_value = "0xea74517f3c97f142e2fa95ff896cfe9ff86eff33c0bbe9c5ee5d383dacc1d2ef",
-          hide_default_value = true)]
-    pub storage_key: Vec<u8>,
+    /// Storage key of the release value (hex). Default: Environment::CurrentReleaseVersion,
+    /// computed as twox128("Environment") ++ twox128("CurrentReleaseVersion").
+    #[arg(long, env = "ENGINE_SHIM_STORAGE_KEY")]
+    pub storage_key: Option<StorageKey>,
     /// Which version fields must match for an engine to be compatible with the release.
     #[arg(long, env = "ENGINE_SHIM_RULE", value_enum, default_value_t = Rule::MajorMinor)]
     pub rule: Rule,
     /// Log format.
     #[arg(long, env = "ENGINE_SHIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl ChainArgs {
+    /// The key to read the release from: the flag, or Chainflip's computed key.
+    pub fn release_key(&self) -> Vec<u8> {
+        match &self.storage_key {
+            Some(key) => key.0.clone(),
+            None => crate::storage_key::release_key(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -115,9 +124,25 @@ mod tests {
 
     #[test]
     fn default_storage_key_is_the_computed_one() {
-        let cli = Cli::try_parse_from(["engine-shim", "check", "--engine-version", "1.0.0"]).unwrap();
-        let Command::Check(args) = cli.command else { panic!() };
-        assert_eq!(args.chain.storage_key, storage_key::release_key());
+        let cli =
+            Cli::try_parse_from(["engine-shim", "check", "--engine-version", "1.0.0"]).unwrap();
+        let Command::Check(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.chain.release_key(), crate::storage_key::release_key());
+        let cli = Cli::try_parse_from([
+            "engine-shim",
+            "check",
+            "--engine-version",
+            "1.0.0",
+            "--storage-key",
+            "0x0a0b",
+        ])
+        .unwrap();
+        let Command::Check(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.chain.release_key(), vec![10, 11]);
     }
 
     #[test]
@@ -125,7 +150,14 @@ mod tests {
         for argv in [
             &["engine-shim", "check"][..],
             &["engine-shim", "check", "--engine-version", "1.2"],
-            &["engine-shim", "check", "--engine-version", "1.0.0", "--at", "0x12"],
+            &[
+                "engine-shim",
+                "check",
+                "--engine-version",
+                "1.0.0",
+                "--at",
+                "0x12",
+            ],
             &["engine-shim", "run", "--grace", "soon", "--", "x"],
             &["engine-shim", "run"],
         ] {

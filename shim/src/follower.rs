@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 
+use crate::backoff::Backoff;
 use crate::block::BlockRef;
 use crate::rpc::{ConnectOptions, Header, NodeClient, RpcError};
 use crate::storage_key::release_key;
@@ -32,7 +33,7 @@ use crate::version::{ReleaseError, SemVer};
 /// How many block reads are in flight at once during catch-up. One round trip at a time caps the
 /// rate at 1/RTT; a bounded window keeps the node busy without flooding it, and `buffered` keeps
 /// the answers in block order.
-const PIPELINE_DEPTH: usize = 16;
+const PIPELINE_DEPTH: usize = 64;
 
 /// Where to follow and how patiently.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +84,8 @@ impl Default for FollowerConfig {
 pub enum FollowerEvent {
     /// A connection is up; `finalized` is the node's finalized head at that moment.
     Connected { url: String, finalized: BlockRef },
-    /// The node reports `isSyncing`: no block is processed until it stops. Sent once per episode.
+    /// The node reports `isSyncing`: no block is processed until it stops. Sent once when a
+    /// syncing episode starts (again after a reconnect), not on every poll.
     Syncing { url: String },
     /// The next finalized block. Exactly one per block, strictly in order, gaps filled. A release
     /// that cannot be used (absent, 0.0.0, wrong length) is reported here, not treated as a fault.
@@ -132,42 +134,11 @@ pub fn plan(last_processed: Option<u64>, finalized: u64) -> Plan {
     }
 }
 
-/// Capped exponential back-off between reconnect attempts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReconnectBackoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl ReconnectBackoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        let initial = initial.min(max);
-        ReconnectBackoff {
-            initial,
-            max,
-            next: initial,
-        }
-    }
-
-    /// The delay before the next attempt; each call doubles the following one, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = delay.saturating_mul(2).min(self.max);
-        delay
-    }
-
-    /// Back to the initial delay: the last connection was useful.
-    pub fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
 /// Follows finalized blocks on `config.url` and sends [`FollowerEvent`]s until the receiver is
 /// dropped. Never returns an error: node trouble is reported as events and retried.
 pub async fn follow(config: FollowerConfig, events: mpsc::Sender<FollowerEvent>) {
     let mut follower = Follower {
-        backoff: ReconnectBackoff::new(config.backoff_initial, config.backoff_max),
+        backoff: Backoff::new(config.backoff_initial, config.backoff_max),
         config,
         events,
         last_processed: None,
@@ -193,7 +164,7 @@ impl From<RpcError> for Interrupt {
 struct Follower {
     config: FollowerConfig,
     events: mpsc::Sender<FollowerEvent>,
-    backoff: ReconnectBackoff,
+    backoff: Backoff,
     /// The last block sent out; the resume point across connections.
     last_processed: Option<u64>,
     processed_on_this_connection: bool,
@@ -251,7 +222,7 @@ impl Follower {
             head = heads.next() => match head {
                 Some(Ok(head)) => head,
                 Some(Err(err)) => return err.into(),
-                None => return closed_by_node(&self.config.url),
+                None => return connection_gone(&client).await,
             },
             _ = sleep(stale_after) => return stale(&self.config.url, stale_after),
             _ = self.events.closed() => return Interrupt::ReceiverGone,
@@ -285,14 +256,14 @@ impl Follower {
                 biased;
                 _ = self.events.closed() => return Interrupt::ReceiverGone,
                 head = heads.next() => {
-                    target = match next_head(head, &self.config.url) {
+                    target = match next_head(head, &client).await {
                         Ok(head) => head,
                         Err(interrupt) => return interrupt,
                     };
                     // Notifications that queued up meanwhile only move the target: one health
                     // check and one catch-up cover them all.
                     while let Some(head) = heads.next().now_or_never() {
-                        target = match next_head(head, &self.config.url) {
+                        target = match next_head(head, &client).await {
                             Ok(head) => head,
                             Err(interrupt) => return interrupt,
                         };
@@ -396,11 +367,26 @@ async fn read_block(
     Ok((BlockRef { number, hash }, release))
 }
 
-fn next_head(head: Option<Result<Header, RpcError>>, url: &str) -> Result<Header, Interrupt> {
+async fn next_head(
+    head: Option<Result<Header, RpcError>>,
+    client: &NodeClient,
+) -> Result<Header, Interrupt> {
     match head {
         Some(Ok(head)) => Ok(head),
         Some(Err(err)) => Err(err.into()),
-        None => Err(closed_by_node(url)),
+        None => Err(connection_gone(client).await),
+    }
+}
+
+/// The head stream ended: the connection is gone. Ask the client why (ping timeout, reset, …) so
+/// the operator sees the cause rather than just "closed".
+async fn connection_gone(client: &NodeClient) -> Interrupt {
+    match timeout(Duration::from_secs(1), client.closed()).await {
+        Ok(err) => err.into(),
+        Err(_) => Interrupt::Lost(format!(
+            "the node at {} ended the finalized-head subscription; reconnecting",
+            client.url()
+        )),
     }
 }
 
@@ -409,12 +395,6 @@ fn stale(url: &str, after: Duration) -> Interrupt {
         "no finalized head from the node at {url} for {} (finality stalled or the subscription \
          hung); reconnecting",
         humantime::format_duration(after)
-    ))
-}
-
-fn closed_by_node(url: &str) -> Interrupt {
-    Interrupt::Lost(format!(
-        "connection to the node at {url} closed; reconnecting"
     ))
 }
 
@@ -458,31 +438,5 @@ mod tests {
                 node_finalized: 3
             }
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut backoff = ReconnectBackoff::new(Duration::from_millis(500), Duration::from_secs(5));
-        let delays: Vec<_> = (0..6).map(|_| backoff.next_delay()).collect();
-        assert_eq!(
-            delays,
-            [500, 1000, 2000, 4000, 5000, 5000].map(Duration::from_millis)
-        );
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(500));
-    }
-
-    #[test]
-    fn backoff_never_exceeds_the_cap_even_when_it_starts_above_it() {
-        let mut backoff = ReconnectBackoff::new(Duration::from_secs(10), Duration::from_secs(2));
-        assert_eq!(backoff.next_delay(), Duration::from_secs(2));
-        assert_eq!(backoff.next_delay(), Duration::from_secs(2));
-    }
-
-    #[test]
-    fn backoff_saturates_instead_of_overflowing() {
-        let mut backoff = ReconnectBackoff::new(Duration::MAX, Duration::MAX);
-        assert_eq!(backoff.next_delay(), Duration::MAX);
-        assert_eq!(backoff.next_delay(), Duration::MAX);
     }
 }

@@ -44,8 +44,14 @@ impl Engine {
             args: self.command[1..].iter().map(|a| substitute(a)).collect(),
             env: vec![
                 ("ENGINE_SHIM_START_BLOCK".into(), block.number.to_string()),
-                ("ENGINE_SHIM_START_BLOCK_HASH".into(), block.hash.to_string()),
-                ("ENGINE_SHIM_ENGINE_VERSION".into(), self.version.to_string()),
+                (
+                    "ENGINE_SHIM_START_BLOCK_HASH".into(),
+                    block.hash.to_string(),
+                ),
+                (
+                    "ENGINE_SHIM_ENGINE_VERSION".into(),
+                    self.version.to_string(),
+                ),
             ],
         }
     }
@@ -70,7 +76,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let follower = FollowerConfig {
         url: args.chain.node.clone(),
-        storage_key: args.chain.storage_key.clone(),
+        storage_key: args.chain.release_key(),
         stale_after: args.stale_after,
         ping_interval: Duration::from_secs(10).min(args.stale_after),
         request_timeout: Duration::from_secs(30),

@@ -35,6 +35,18 @@ pub fn release_key() -> Vec<u8> {
     storage_value_key(RELEASE_PALLET, RELEASE_ITEM)
 }
 
+/// A storage key given on the command line, as `0x`-prefixed (or bare) hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageKey(pub Vec<u8>);
+
+impl std::str::FromStr for StorageKey {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_key(text).map(StorageKey)
+    }
+}
+
 /// Parses a `0x`-prefixed (or bare) hex storage key given on the command line.
 pub fn parse_key(text: &str) -> Result<Vec<u8>, String> {
     let digits = text.strip_prefix("0x").unwrap_or(text);

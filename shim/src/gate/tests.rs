@@ -407,7 +407,7 @@ proptest! {
         }
         if world.exited { return Ok(()); }
         let expected = last_known.and_then(|r| engines.iter().position(|&e| Rule::MajorMinor.compare(e, r) == Compatibility::Compatible));
-        if !world.stop_requested && world.restart_pending.is_none() && g.shutting_down == false {
+        if !world.stop_requested && world.restart_pending.is_none() && !g.shutting_down {
             prop_assert_eq!(world.alive, expected, "settled on the wrong engine (last known {:?})", last_known);
         }
     }
