@@ -262,9 +262,9 @@ impl Gate {
                 let notice = self.incompatible_notice(engine, version, block);
                 actions.push(Action::Notify(notice));
                 self.job = Job::Idle;
-                self.start_or_wait(now, release_changed || target_changed, actions);
+                self.start_or_wait(now, release_changed || target_changed, false, actions);
             }
-            Job::Idle => self.start_or_wait(now, release_changed || target_changed, actions),
+            Job::Idle => self.start_or_wait(now, release_changed || target_changed, false, actions),
             Job::Running(_) | Job::Stopping(_) | Job::RestartPending(_) => {}
         }
     }
@@ -286,7 +286,15 @@ impl Gate {
     }
 
     /// With no child alive: start the target, or say why nothing runs (calmly, not per block).
-    fn start_or_wait(&mut self, now: Duration, changed: bool, actions: &mut Vec<Action>) {
+    /// `changed` says the news is fresh, so the lines are due at once; `after_stop` says the
+    /// "no longer compatible" line was just logged for the engine that stopped.
+    fn start_or_wait(
+        &mut self,
+        now: Duration,
+        changed: bool,
+        after_stop: bool,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(known) = self.known else { return };
         if let Some(engine) = known.target {
             self.start(engine, known, false, actions);
@@ -309,7 +317,7 @@ impl Gate {
                     block,
                 })),
                 // Said once per change: repeating it adds nothing the no-engine line does not say.
-                Compatibility::NoLongerCompatible if changed => {
+                Compatibility::NoLongerCompatible if changed && !after_stop => {
                     actions.push(Action::Notify(Notice::NoLongerCompatible {
                         engine,
                         release,
@@ -388,7 +396,7 @@ impl Gate {
                     actions.push(Action::Exit);
                 } else {
                     // A stop always completes before the next start: this is the hand-over point.
-                    self.start_or_wait(self.now, true, actions);
+                    self.start_or_wait(self.now, true, true, actions);
                 }
             }
             Job::Running(running) if running == engine => {

@@ -128,9 +128,30 @@ fn old_engine_stops_and_idles_when_no_longer_compatible() {
         [Notice::NoLongerCompatible { .. }]
     ));
     assert_eq!(commands(actions), [Action::Stop { engine: 0 }]);
-    assert_eq!(commands(g.step(exited(0, 100))), []);
+    let after_stop = g.step(exited(0, 100));
+    // Said once, not again when the stop completes.
+    assert!(matches!(
+        notices(&after_stop)[..],
+        [Notice::Stopped { .. }, Notice::NoCompatibleEngine { .. }]
+    ));
+    assert_eq!(commands(after_stop), []);
     assert_eq!(g.alive(), None);
     assert_eq!(commands(g.step(at(3, "1.1.0"))), []);
+}
+
+#[test]
+fn shim_started_after_the_upgrade_says_no_longer_compatible_once() {
+    let mut g = gate(&["1.0.0"]);
+    let first = g.step(at(1, "1.1.0"));
+    assert!(matches!(
+        notices(&first)[..],
+        [
+            Notice::NoLongerCompatible { .. },
+            Notice::NoCompatibleEngine { .. }
+        ]
+    ));
+    assert_eq!(commands(first), []);
+    assert!(g.step(at(2, "1.1.0")).is_empty());
 }
 
 #[test]
