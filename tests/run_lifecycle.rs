@@ -52,6 +52,31 @@ async fn sigterm_stops_the_engine_within_grace_and_exits_zero() {
     );
 }
 
+/// Ctrl-C in a terminal (SIGINT) stops the engine the same graceful way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_engine_and_exits_zero() {
+    let node = Node::start(&["--release", "1.0.0"]).await;
+    let (mut shim, start) = shim_with_running_engine(Shim::builder(&node, "1.0.0")).await;
+
+    shim.proc.signal(Signal::INT);
+    assert_eq!(exit_code(shim.proc.wait_exit().await), 0);
+    let stop = shim.wait_event("stop", 1).await;
+    assert_eq!(stop.pid, start.pid);
+    assert!(is_gone(start.pid));
+}
+
+/// A shim with nothing running (its engine waits for the upgrade) exits 0 at once on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_an_idle_shim_exits_zero_at_once() {
+    let node = Node::start(&["--release", "1.0.0"]).await;
+    let mut shim = Shim::spawn(&node, "1.1.0");
+    shim.wait_message(0, &["WAITING"]).await;
+
+    shim.proc.signal(Signal::TERM);
+    assert_eq!(exit_code(shim.proc.wait_exit().await), 0);
+    assert!(shim.engine_events().is_empty(), "nothing was started");
+}
+
 /// An engine that ignores SIGTERM is killed once the grace (1 s) is over; the shim still exits 0
 /// and says it had to kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

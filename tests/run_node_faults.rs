@@ -57,7 +57,6 @@ async fn dropped_connection_keeps_the_engine_running_and_the_shim_follows_on() {
 async fn node_restarted_on_the_same_port_keeps_the_engine_running() {
     let node = Node::start(&["--release", "1.0.0"]).await;
     let (shim, start) = shim_with_running_engine(Shim::builder(&node, "1.0.0")).await;
-    node.new_blocks(2).await;
     let (connected, _) = shim.wait_message(0, &["connected to node"]).await;
 
     let port = node.port;
@@ -67,9 +66,41 @@ async fn node_restarted_on_the_same_port_keeps_the_engine_running() {
     let (reconnected, _) = shim.wait_message(lost + 1, &["connected to node"]).await;
     assert_eq!(shim.engine_events().len(), 1, "the engine was not touched");
 
-    // The new node starts again from genesis; build past what the shim already processed.
     node.new_blocks(3).await;
     let events = upgrade_and_expect_stop(&node, &shim, reconnected).await;
+    assert_one_run_stopped_by_the_upgrade(&events, &start);
+}
+
+/// The node comes back on a fresh chain, behind the blocks the shim already processed (a wiped
+/// dev node): the shim says so, keeps the engine running, and follows the new chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_reset_to_a_fresh_chain_is_reported_and_followed() {
+    let node = Node::start(&["--release", "1.0.0"]).await;
+    let (shim, start) = shim_with_running_engine(Shim::builder(&node, "1.0.0")).await;
+    // Block #1 carries a value the shim reports, so we know when it has processed it.
+    node.set_release_value(Some("0x0102")).await;
+    node.new_blocks(1).await;
+    shim.wait_message(
+        0,
+        &[
+            "cannot use the release at block #1",
+            "keeping engine 1.0.0 running",
+        ],
+    )
+    .await;
+
+    let node = node.restart().await;
+    let (reset, line) = shim
+        .wait_message(
+            0,
+            &["finalized head #0 is behind block #1 already processed"],
+        )
+        .await;
+    assert_eq!(line.level(), "WARN");
+    assert_eq!(shim.engine_events().len(), 1, "the engine was not touched");
+
+    node.new_blocks(3).await;
+    let events = upgrade_and_expect_stop(&node, &shim, reset).await;
     assert_one_run_stopped_by_the_upgrade(&events, &start);
 }
 

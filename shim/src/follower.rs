@@ -384,7 +384,7 @@ async fn connection_gone(client: &NodeClient) -> Interrupt {
     match timeout(Duration::from_secs(1), client.closed()).await {
         Ok(err) => err.into(),
         Err(_) => Interrupt::Lost(format!(
-            "the node at {} ended the finalized-head subscription; reconnecting",
+            "the node at {} ended the finalized-head subscription",
             client.url()
         )),
     }
@@ -393,14 +393,14 @@ async fn connection_gone(client: &NodeClient) -> Interrupt {
 fn stale(url: &str, after: Duration) -> Interrupt {
     Interrupt::Lost(format!(
         "no finalized head from the node at {url} for {} (finality stalled or the subscription \
-         hung); reconnecting",
+         hung)",
         humantime::format_duration(after)
     ))
 }
 
 fn missing_block(number: u64) -> Interrupt {
     Interrupt::Lost(format!(
-        "node reported block #{number} as finalized but has no hash for it; reconnecting"
+        "node reported block #{number} as finalized but has no hash for it"
     ))
 }
 

@@ -8,7 +8,7 @@
 //!   through their event file and killed too.
 //! - Nothing synchronises by sleeping: tests await log lines, event-file lines and process exits,
 //!   each with a generous safety-net timeout. On a failing test the captured output of every
-//!   process is printed.
+//!   process is printed (on every test with `E2E_SHOW_OUTPUT=1`).
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
 use std::fs;
@@ -266,7 +266,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
+        if std::thread::panicking() || show_output() {
             eprintln!(
                 "----- output of {} (pid {}) -----\n{}\n----- end of {} -----",
                 self.name,
@@ -276,6 +276,11 @@ impl Drop for Proc {
             );
         }
     }
+}
+
+/// `E2E_SHOW_OUTPUT=1` prints every process's output when its guard drops, even on success.
+fn show_output() -> bool {
+    std::env::var_os("E2E_SHOW_OUTPUT").is_some()
 }
 
 /// True once `pid` no longer runs: no /proc entry, or a zombie (in this sandbox PID 1 does not
@@ -814,7 +819,7 @@ impl Shim {
 impl Drop for Shim {
     fn drop(&mut self) {
         self.kill_all();
-        if std::thread::panicking() {
+        if std::thread::panicking() || show_output() {
             eprintln!(
                 "----- engine events -----\n{}",
                 fs::read_to_string(&self.events).unwrap_or_default()
