@@ -119,6 +119,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: FakeNodeConfig) -> ExitCode {
+    // Handlers go in before the listening line: a supervisor may signal as soon as it reads it.
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("fake-node: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let node = match FakeNode::spawn(config).await {
         Ok(node) => node,
         Err(error) => {
@@ -132,23 +140,30 @@ async fn run(config: FakeNodeConfig) -> ExitCode {
     let _ = stdout.flush();
     drop(stdout);
 
-    if let Err(error) = shutdown_signal().await {
-        eprintln!("fake-node: cannot wait for signals: {error}");
-        node.shutdown().await;
-        return ExitCode::FAILURE;
-    }
+    signals.recv().await;
     node.shutdown().await;
     ExitCode::SUCCESS
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+/// SIGTERM and SIGINT, both meaning "shut down cleanly".
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
 }
