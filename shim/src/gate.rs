@@ -7,6 +7,8 @@
 //!
 //! - an engine is started only when the last *known* release is compatible with it;
 //! - nothing is started while another child is still alive (a stop must complete first);
+//! - nothing is started without the lock (the host-wide or cross-host exclusion), which is asked
+//!   for only to start an engine and given back once no child is alive and none is about to start;
 //! - an unknown release (absent, 0.0.0, malformed) changes nothing: the state is kept.
 
 use std::time::Duration;
@@ -35,6 +37,8 @@ pub enum Event {
     },
     /// A restart timer the gate asked for has fired.
     RestartDue { engine: EngineId },
+    /// The lock the gate asked for is ours.
+    LockGranted,
     /// The shim was asked to stop (SIGTERM / SIGINT).
     Shutdown,
 }
@@ -48,6 +52,12 @@ pub enum Action {
     Stop { engine: EngineId },
     /// Send [`Event::RestartDue`] for this engine after the delay.
     ScheduleRestart { engine: EngineId, after: Duration },
+    /// Start acquiring the lock; [`Event::LockGranted`] comes back once it is ours.
+    AcquireLock,
+    /// Give up a pending acquisition: no grant may follow.
+    CancelLock,
+    /// Give back the held lock: no child is alive any more.
+    ReleaseLock,
     /// Tell the operator something; the shell formats and logs it.
     Notify(Notice),
     /// Everything is stopped after a shutdown: the shell may exit.
@@ -118,6 +128,17 @@ enum Job {
     RestartPending(EngineId),
 }
 
+/// Where the gate stands with the lock. A live child always implies `Held`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockState {
+    Free,
+    /// Asked for; `restart` remembers whether the start it is for follows a crash.
+    Acquiring {
+        restart: bool,
+    },
+    Held,
+}
+
 /// The release the gate last knew for sure, and the first block that carried it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct KnownRelease {
@@ -138,6 +159,7 @@ pub struct Gate {
     wait_log_every: Duration,
     start_secs: Duration,
     job: Job,
+    lock: LockState,
     known: Option<KnownRelease>,
     backoff: Vec<RestartBackoff>,
     /// When a waiting / no-engine / unknown-release line was last logged, to repeat it calmly.
@@ -169,6 +191,7 @@ impl Gate {
             wait_log_every,
             start_secs,
             job: Job::Idle,
+            lock: LockState::Free,
             known: None,
             backoff,
             last_wait_log: None,
@@ -217,6 +240,7 @@ impl Gate {
                 status,
             } => self.on_child_exited(engine, uptime, status, &mut actions),
             Event::RestartDue { engine } => self.on_restart_due(engine, &mut actions),
+            Event::LockGranted => self.on_lock_granted(&mut actions),
             Event::Shutdown => self.on_shutdown(&mut actions),
         }
         actions
@@ -300,6 +324,7 @@ impl Gate {
             self.start(engine, known, false, actions);
             return;
         }
+        self.give_back_lock(actions);
         let due = changed
             || self
                 .last_wait_log
@@ -334,6 +359,7 @@ impl Gate {
         }));
     }
 
+    /// Starts `engine` if the lock is held; otherwise asks for it and starts on the grant.
     fn start(
         &mut self,
         engine: EngineId,
@@ -341,6 +367,15 @@ impl Gate {
         restart: bool,
         actions: &mut Vec<Action>,
     ) {
+        match self.lock {
+            LockState::Held => {}
+            LockState::Acquiring { .. } => return,
+            LockState::Free => {
+                actions.push(Action::AcquireLock);
+                self.lock = LockState::Acquiring { restart };
+                return;
+            }
+        }
         actions.push(Action::Notify(Notice::Starting {
             engine: self.engines[engine],
             release: known.version,
@@ -353,6 +388,31 @@ impl Gate {
         });
         self.job = Job::Running(engine);
         self.last_wait_log = None;
+    }
+
+    /// Nothing is alive and nothing is about to start: hold no lock.
+    fn give_back_lock(&mut self, actions: &mut Vec<Action>) {
+        match self.lock {
+            LockState::Held => actions.push(Action::ReleaseLock),
+            LockState::Acquiring { .. } => actions.push(Action::CancelLock),
+            LockState::Free => return,
+        }
+        self.lock = LockState::Free;
+    }
+
+    fn on_lock_granted(&mut self, actions: &mut Vec<Action>) {
+        let LockState::Acquiring { restart } = self.lock else {
+            // A grant nobody is waiting for (already cancelled) changes nothing.
+            return;
+        };
+        self.lock = LockState::Held;
+        match (self.job, self.known) {
+            (Job::Idle, Some(known)) if !self.shutting_down => match known.target {
+                Some(engine) => self.start(engine, known, restart, actions),
+                None => self.give_back_lock(actions),
+            },
+            _ => self.give_back_lock(actions),
+        }
     }
 
     fn on_unknown_release(
@@ -393,6 +453,7 @@ impl Gate {
                 }));
                 self.job = Job::Idle;
                 if self.shutting_down {
+                    self.give_back_lock(actions);
                     actions.push(Action::Exit);
                 } else {
                     // A stop always completes before the next start: this is the hand-over point.
@@ -412,6 +473,8 @@ impl Gate {
                     after: restart_in,
                 });
                 self.job = Job::RestartPending(engine);
+                // Reaped: the lock goes back until the restart, so an idle shim holds nothing.
+                self.give_back_lock(actions);
             }
             // An exit for a child the gate no longer tracks changes nothing.
             _ => {}
@@ -442,6 +505,7 @@ impl Gate {
             Job::Stopping(_) => {}
             Job::Idle | Job::RestartPending(_) => {
                 self.job = Job::Idle;
+                self.give_back_lock(actions);
                 actions.push(Action::Exit);
             }
         }

@@ -199,6 +199,9 @@ impl Shell {
                             let _ = restarts.send(engine);
                         });
                     }
+                    // Until a lock backend is configured, the lock is granted at once.
+                    Action::AcquireLock => queue.push_back(Event::LockGranted),
+                    Action::CancelLock | Action::ReleaseLock => {}
                     Action::Notify(notice) => telemetry::notice(&notice),
                     Action::Exit => return true,
                 }
