@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::EngineList;
 use crate::storage_key::StorageKey;
 use crate::telemetry::LogFormat;
 use crate::version::{Rule, SemVer};
@@ -28,7 +29,8 @@ pub enum Command {
     Check(CheckArgs),
 }
 
-/// Flags shared by `run` and `check`: where the chain is and how to read its release.
+/// `check`'s flags for where the chain is and how to read its release (`run` has its own, optional
+/// ones, so a config file can sit below them).
 #[derive(Debug, Args, Clone)]
 pub struct ChainArgs {
     /// WebSocket URL of the node's JSON-RPC.
@@ -56,6 +58,79 @@ impl ChainArgs {
     }
 }
 
+/// `engine-shim run`'s flags as given. Nothing has a clap default, so [`RunFlags::resolve`] can put
+/// the config file between the environment and the defaults; the defaults are in the help text and
+/// in [`crate::config`].
+#[derive(Debug, Args, Default)]
+pub struct RunFlags {
+    /// TOML file with any of these settings, keyed by the flag name in snake_case (`stale_after =
+    /// "2m"`, `[[engine]]` tables, `shared_args`). Flags and environment variables override it.
+    #[arg(long, env = "ENGINE_SHIM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// An engine the shim may run, as `[VERSION=]CMD`: CMD is split into program and args like a
+    /// shell would (quotes, backslashes; no expansion). Give it once per installed version; an
+    /// unquoted `;` also separates engines. Without VERSION the shim runs `PROGRAM --version` once.
+    /// With --engine, the args after `--` are appended to every engine's own args.
+    #[arg(
+        long = "engine",
+        env = "ENGINE_SHIM_ENGINES",
+        value_name = "[VERSION=]CMD",
+        value_parser = crate::config::parse_engines,
+        conflicts_with = "engine_version"
+    )]
+    pub engines: Vec<EngineList>,
+    /// The version of the single engine given as `-- CMD`. Without it the shim runs `CMD --version`
+    /// once and takes the first X.Y.Z.
+    #[arg(long, env = "ENGINE_SHIM_ENGINE_VERSION", value_name = "X.Y.Z")]
+    pub engine_version: Option<SemVer>,
+    /// WebSocket URL of the node's JSON-RPC [default: ws://127.0.0.1:9944]
+    #[arg(long, env = "ENGINE_SHIM_NODE", value_name = "URL")]
+    pub node: Option<String>,
+    /// Storage key of the release value (hex). Default: Environment::CurrentReleaseVersion,
+    /// computed as twox128("Environment") ++ twox128("CurrentReleaseVersion").
+    #[arg(long, env = "ENGINE_SHIM_STORAGE_KEY", value_name = "HEX")]
+    pub storage_key: Option<StorageKey>,
+    /// Which version fields must match for an engine to be compatible with the release
+    /// [default: major-minor]
+    #[arg(long, env = "ENGINE_SHIM_RULE", value_enum)]
+    pub rule: Option<Rule>,
+    /// Log format [default: text]
+    #[arg(long, env = "ENGINE_SHIM_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// How long a stopping engine gets between SIGTERM and SIGKILL [default: 10s]
+    #[arg(long, env = "ENGINE_SHIM_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub grace: Option<Duration>,
+    /// A crashed engine that had stayed up this long restarts after 1 s again (back-off reset)
+    /// [default: 10s]
+    #[arg(long, env = "ENGINE_SHIM_START_SECS", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub start_secs: Option<Duration>,
+    /// Reconnect when no finalized head has arrived for this long [default: 60s]
+    #[arg(long, env = "ENGINE_SHIM_STALE_AFTER", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub stale_after: Option<Duration>,
+    /// Repeat the WAITING (and other "nothing runs") lines at most this often [default: 60s]
+    #[arg(long, env = "ENGINE_SHIM_WAIT_LOG_EVERY", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub wait_log_every: Option<Duration>,
+    /// Longest wait between reconnect attempts (back-off doubles from 250 ms up to this)
+    /// [default: 30s]
+    #[arg(long, env = "ENGINE_SHIM_RECONNECT_MAX", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub reconnect_max: Option<Duration>,
+    /// Keeps shims that share a data directory from running engines at once: `file:PATH` (an
+    /// flock every such shim must name), or `none` for a shim that is alone by construction.
+    /// Default: file:DIR/engine-shim.lock, DIR being --lock-dir, else the engine's
+    /// `--config-root`, else /etc/chainflip.
+    #[arg(long, env = "ENGINE_SHIM_LOCK", value_name = "SPEC")]
+    pub lock: Option<String>,
+    /// Directory of the default lock file (see --lock).
+    #[arg(long, env = "ENGINE_SHIM_LOCK_DIR", value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
+    /// Without --engine: the engine command and its args. With --engine (or [[engine]] in the config
+    /// file): args appended to every engine's own (shared args). `{block}` and `{block_hash}` are
+    /// replaced with the first finalized block of the release the engine is started for.
+    #[arg(last = true, value_name = "ARGS")]
+    pub command: Vec<String>,
+}
+
+/// The pre-`--config` flags, kept until `run::run` takes a [`crate::config::RunConfig`].
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -115,11 +190,26 @@ pub struct CheckArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{self, FileConfig};
     use clap::CommandFactory;
+
+    /// `run`'s flags on their own, parsed by clap (flags and environment).
+    #[derive(Debug, Parser)]
+    struct RunOnly {
+        #[command(flatten)]
+        flags: RunFlags,
+    }
+
+    fn run_flags(args: &[&str]) -> RunFlags {
+        RunOnly::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+            .unwrap()
+            .flags
+    }
 
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+        RunOnly::command().debug_assert();
     }
 
     #[test]
@@ -159,10 +249,75 @@ mod tests {
                 "0x12",
             ],
             &["engine-shim", "run", "--grace", "soon", "--", "x"],
-            &["engine-shim", "run"],
         ] {
             let err = Cli::try_parse_from(argv).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{argv:?}");
         }
+        for args in [
+            &["--grace", "soon", "--", "x"][..],
+            &["--rule", "minor", "--", "x"],
+            &["--engine-version", "1.2", "--", "x"],
+            &["--engine", "1.1=/usr/bin/engine"],
+            &["--engine-version", "1.0.0", "--engine", "x"],
+            // Without `--` a CMD is not taken, so a typo cannot become the engine.
+            &["/usr/bin/engine"],
+        ] {
+            let err = RunOnly::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    /// clap cannot show a default it does not apply, so the help text states them; this keeps the
+    /// text and [`crate::config`]'s constants in step.
+    #[test]
+    fn help_states_the_defaults_that_apply() {
+        let command = RunOnly::command();
+        let help = |id: &str| {
+            command
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .and_then(|arg| arg.get_long_help().or(arg.get_help()))
+                .unwrap_or_else(|| panic!("no help for {id}"))
+                .to_string()
+        };
+        for (id, text, value) in [
+            ("grace", "10s", config::DEFAULT_GRACE),
+            ("start_secs", "10s", config::DEFAULT_START_SECS),
+            ("stale_after", "60s", config::DEFAULT_STALE_AFTER),
+            ("wait_log_every", "60s", config::DEFAULT_WAIT_LOG_EVERY),
+            ("reconnect_max", "30s", config::DEFAULT_RECONNECT_MAX),
+        ] {
+            assert!(help(id).ends_with(&format!("[default: {text}]")), "{id}");
+            assert_eq!(humantime::parse_duration(text).unwrap(), value, "{id}");
+        }
+        assert!(help("node").ends_with(&format!("[default: {}]", config::DEFAULT_NODE)));
+        assert!(help("rule").ends_with(&format!("[default: {}]", Rule::default().as_str())));
+        assert!(help("log_format").ends_with("[default: text]"));
+        assert_eq!(LogFormat::default(), LogFormat::Text);
+    }
+
+    /// The only test that sets an environment variable: the environment is shared by every test
+    /// thread, so it uses one variable that no other test's outcome depends on.
+    #[test]
+    fn flag_beats_environment_beats_file_beats_default() {
+        const VAR: &str = "ENGINE_SHIM_RECONNECT_MAX";
+        let file = || FileConfig::parse("reconnect_max = \"5s\"", "f.toml".as_ref()).unwrap();
+        let resolved = |args: &[&str], file: FileConfig| {
+            run_flags(args).merge(file, None).unwrap().reconnect_max
+        };
+        std::env::set_var(VAR, "7s");
+        let with_env = [
+            resolved(&["--reconnect-max", "3s", "--", "e"], file()),
+            resolved(&["--", "e"], file()),
+        ];
+        std::env::remove_var(VAR);
+        let secs = Duration::from_secs;
+        assert_eq!(with_env, [secs(3), secs(7)]);
+        assert_eq!(resolved(&["--", "e"], file()), secs(5));
+        assert_eq!(
+            resolved(&["--", "e"], FileConfig::default()),
+            config::DEFAULT_RECONNECT_MAX
+        );
     }
 }

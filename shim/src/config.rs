@@ -1,0 +1,416 @@
+//! `engine-shim run`'s settings, fully resolved: command-line flag > environment variable > config
+//! file > default.
+//!
+//! clap reads flags and `ENGINE_SHIM_*` variables into [`RunFlags`], whose fields are all optional so
+//! an unset flag can be told apart from a default. [`RunFlags::resolve`] then lays the TOML file
+//! (`--config FILE`) underneath and fills in the defaults, producing a [`RunConfig`] that the rest of
+//! the shim uses without caring where a value came from. Everything here is pure except reading the
+//! file, so the precedence rules are tested without processes or sockets.
+
+pub mod words;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::cli::RunFlags;
+use crate::storage_key::StorageKey;
+use crate::telemetry::LogFormat;
+use crate::version::{Compatibility, Rule, SemVer};
+
+/// Default of `--node`.
+pub const DEFAULT_NODE: &str = "ws://127.0.0.1:9944";
+/// Default of `--grace`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Default of `--start-secs`.
+pub const DEFAULT_START_SECS: Duration = Duration::from_secs(10);
+/// Default of `--stale-after`.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
+/// Default of `--wait-log-every`.
+pub const DEFAULT_WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Default of `--reconnect-max`.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Everything `engine-shim run` needs, with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunConfig {
+    pub node: String,
+    pub storage_key: Vec<u8>,
+    pub rule: Rule,
+    pub log_format: LogFormat,
+    pub grace: Duration,
+    pub start_secs: Duration,
+    pub stale_after: Duration,
+    pub wait_log_every: Duration,
+    pub reconnect_max: Duration,
+    /// `--lock SPEC` as given (`none`, `file:PATH`); `None` means the documented default.
+    pub lock: Option<String>,
+    pub lock_dir: Option<PathBuf>,
+    /// At least one engine, in the order given.
+    pub engines: Vec<EngineCommand>,
+}
+
+/// One engine the shim may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineCommand {
+    /// `None` until learnt from `PROGRAM --version`.
+    pub version: Option<SemVer>,
+    /// Program, its own args, then the shared args; never empty.
+    pub command: Vec<String>,
+}
+
+/// The engines of one `--engine` value (several when separated by `;`), before shared args.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineList(pub Vec<EngineCommand>);
+
+/// Why the settings cannot be used. Every variant is a usage error (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source} (check --config / ENGINE_SHIM_CONFIG)", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `message` is the TOML parser's, which shows the offending line and key.
+    #[error("config file {} is invalid: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Parses one `--engine` value: `[VERSION=]CMD`, where CMD is split into words like a shell would,
+/// and several engines may be separated by an unquoted `;` (handy in `ENGINE_SHIM_ENGINES`).
+///
+/// The version is the part of the first word before its first `=`, unless that part contains a
+/// `/`: so `/opt/a=b/engine` is a program, while `1.1=engine` is a bad version rather than a program
+/// called `1.1=engine`, which would only fail later and less clearly.
+pub fn parse_engines(text: &str) -> Result<EngineList, String> {
+    let commands = words::split_commands(text).map_err(|e| e.to_string())?;
+    if commands.is_empty() {
+        return Err("no command given: write [VERSION=]CMD [ARGS…]".into());
+    }
+    commands
+        .into_iter()
+        .map(parse_engine_words)
+        .collect::<Result<_, _>>()
+        .map(EngineList)
+}
+
+fn parse_engine_words(mut words: Vec<String>) -> Result<EngineCommand, String> {
+    let first = words[0].clone();
+    let Some((head, program)) = first
+        .split_once('=')
+        .filter(|(head, _)| !head.contains('/'))
+    else {
+        return Ok(EngineCommand {
+            version: None,
+            command: words,
+        });
+    };
+    let version = head.parse::<SemVer>().map_err(|_| {
+        format!(
+            "'{head}' in '{first}' is not a version of the form X.Y.Z: write X.Y.Z=CMD, or give \
+             the program as a path (./{first}) if its name contains '='"
+        )
+    })?;
+    if program.is_empty() {
+        return Err(format!(
+            "'{first}' names a version but no program: write {version}=/path/to/engine [ARGS…]"
+        ));
+    }
+    words[0] = program.to_string();
+    Ok(EngineCommand {
+        version: Some(version),
+        command: words,
+    })
+}
+
+/// Refuses engine sets where one release could be served by two engines, because the shim could not
+/// know which one to run: duplicates, and pairs the rule cannot tell apart (same major.minor under
+/// `major-minor`, same major under `major`, the same version under `exact`).
+pub fn validate_engines(versions: &[SemVer], rule: Rule) -> Result<(), String> {
+    for (i, &a) in versions.iter().enumerate() {
+        for &b in &versions[i + 1..] {
+            if a == b {
+                return Err(format!("engine {a} is given twice: keep one"));
+            }
+            // Each rule matches fields for equality, so two engines share a compatible release
+            // exactly when each is compatible with the other taken as a release.
+            if rule.compare(a, b) == Compatibility::Compatible {
+                return Err(format!(
+                    "engines {a} and {b} are both compatible with release {}: keep one",
+                    release_pattern(a, rule)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The releases an engine is compatible with, written like `1.1.x`.
+fn release_pattern(version: SemVer, rule: Rule) -> String {
+    match rule {
+        Rule::MajorMinor => format!("{}.{}.x", version.major, version.minor),
+        Rule::Major => format!("{}.x.x", version.major),
+        Rule::Exact => version.to_string(),
+    }
+}
+
+/// The TOML config file: one key per `run` flag (the flag's name in snake_case), plus `[[engine]]`
+/// tables and `shared_args`. Unknown keys are errors so a typo does not silently fall back to a
+/// default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub node: Option<String>,
+    #[serde(default, deserialize_with = "storage_key")]
+    pub storage_key: Option<StorageKey>,
+    #[serde(default, deserialize_with = "value_enum")]
+    pub rule: Option<Rule>,
+    #[serde(default, deserialize_with = "value_enum")]
+    pub log_format: Option<LogFormat>,
+    #[serde(default, deserialize_with = "duration")]
+    pub grace: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub start_secs: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub stale_after: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub wait_log_every: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub reconnect_max: Option<Duration>,
+    pub lock: Option<String>,
+    pub lock_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "version")]
+    pub engine_version: Option<SemVer>,
+    #[serde(default)]
+    pub engine: Vec<FileEngine>,
+    pub shared_args: Option<Vec<String>>,
+}
+
+/// One `[[engine]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEngine {
+    #[serde(default, deserialize_with = "version")]
+    pub version: Option<SemVer>,
+    #[serde(deserialize_with = "command")]
+    pub command: Vec<String>,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        FileConfig::parse(&text, path)
+    }
+
+    /// Parses file contents; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+}
+
+impl RunFlags {
+    /// Reads the config file (if `--config` was given) and merges it under the flags and environment.
+    pub fn resolve(self) -> Result<RunConfig, ConfigError> {
+        match self.config.clone() {
+            Some(path) => {
+                let file = FileConfig::load(&path)?;
+                self.merge(file, Some(&path))
+            }
+            None => self.merge(FileConfig::default(), None),
+        }
+    }
+
+    /// Lays `file` under the flags and fills in defaults; `path` only names the file in errors.
+    pub fn merge(self, file: FileConfig, path: Option<&Path>) -> Result<RunConfig, ConfigError> {
+        let rule = self.rule.or(file.rule).unwrap_or_default();
+        let engines = self.engine_commands(&file, path)?;
+        let known: Vec<SemVer> = engines.iter().filter_map(|e| e.version).collect();
+        validate_engines(&known, rule).map_err(ConfigError::Usage)?;
+        Ok(RunConfig {
+            node: self
+                .node
+                .or(file.node)
+                .unwrap_or_else(|| DEFAULT_NODE.into()),
+            storage_key: self
+                .storage_key
+                .or(file.storage_key)
+                .map_or_else(crate::storage_key::release_key, |key| key.0),
+            rule,
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            grace: self.grace.or(file.grace).unwrap_or(DEFAULT_GRACE),
+            start_secs: self
+                .start_secs
+                .or(file.start_secs)
+                .unwrap_or(DEFAULT_START_SECS),
+            stale_after: self
+                .stale_after
+                .or(file.stale_after)
+                .unwrap_or(DEFAULT_STALE_AFTER),
+            wait_log_every: self
+                .wait_log_every
+                .or(file.wait_log_every)
+                .unwrap_or(DEFAULT_WAIT_LOG_EVERY),
+            reconnect_max: self
+                .reconnect_max
+                .or(file.reconnect_max)
+                .unwrap_or(DEFAULT_RECONNECT_MAX),
+            lock: self.lock.or(file.lock),
+            lock_dir: self.lock_dir.or(file.lock_dir),
+            engines,
+        })
+    }
+
+    /// The engines and their full commands. Engines come from `--engine` (or `ENGINE_SHIM_ENGINES`),
+    /// else from the file's `[[engine]]` tables, else from the single-engine form `-- CMD [ARGS…]`.
+    /// With either of the first two, the args after `--` are shared args and replace the file's
+    /// `shared_args`.
+    fn engine_commands(
+        &self,
+        file: &FileConfig,
+        path: Option<&Path>,
+    ) -> Result<Vec<EngineCommand>, ConfigError> {
+        let in_file = |key: &str| match path {
+            Some(path) => format!("{key} in {}", path.display()),
+            None => key.to_string(),
+        };
+        let from_flags: Vec<EngineCommand> = self
+            .engines
+            .iter()
+            .flat_map(|list| list.0.clone())
+            .collect();
+        let (engines, source) = if !from_flags.is_empty() {
+            (from_flags, "--engine (or ENGINE_SHIM_ENGINES)".to_string())
+        } else if !file.engine.is_empty() {
+            let engines = file
+                .engine
+                .iter()
+                .map(|e| EngineCommand {
+                    version: e.version,
+                    command: e.command.clone(),
+                })
+                .collect();
+            (engines, in_file("[[engine]]"))
+        } else if !self.command.is_empty() {
+            let version = self.engine_version.or(file.engine_version);
+            let mut command = self.command.clone();
+            command.extend(file.shared_args.iter().flatten().cloned());
+            return Ok(vec![EngineCommand { version, command }]);
+        } else {
+            return Err(ConfigError::Usage(
+                "no engine to run: give --engine [VERSION=]CMD (once per version), [[engine]] \
+                 tables in the --config file, or the single engine as `-- CMD [ARGS…]`"
+                    .into(),
+            ));
+        };
+        let engine_version = if self.engine_version.is_some() {
+            Some("--engine-version (or ENGINE_SHIM_ENGINE_VERSION)".to_string())
+        } else {
+            file.engine_version.map(|_| in_file("engine_version"))
+        };
+        if let Some(engine_version) = engine_version {
+            return Err(ConfigError::Usage(format!(
+                "{engine_version} cannot be combined with {source}: it is for the single-engine \
+                 form `-- CMD`; give each engine its version as --engine X.Y.Z=CMD or \
+                 version = \"X.Y.Z\" in its [[engine]] table"
+            )));
+        }
+        let shared = if self.command.is_empty() {
+            file.shared_args.clone().unwrap_or_default()
+        } else {
+            self.command.clone()
+        };
+        Ok(engines
+            .into_iter()
+            .map(|mut engine| {
+                engine.command.extend(shared.iter().cloned());
+                engine
+            })
+            .collect())
+    }
+}
+
+/// Deserializes a string through `parse`; other TOML types get an error saying what was expected.
+struct ParsedStr<T> {
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> Visitor<'_> for ParsedStr<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+        (self.parse)(text).map_err(E::custom)
+    }
+}
+
+fn parsed<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, D::Error> {
+    deserializer
+        .deserialize_str(ParsedStr { expecting, parse })
+        .map(Some)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parsed(d, "a duration string like \"10s\" or \"500ms\"", |text| {
+        humantime::parse_duration(text).map_err(|e| {
+            format!("'{text}' is not a duration ({e}): write e.g. \"10s\", \"500ms\", \"2m\"")
+        })
+    })
+}
+
+fn version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SemVer>, D::Error> {
+    parsed(d, "a version string like \"1.1.0\"", |text| {
+        text.parse()
+            .map_err(|e: crate::version::ParseVersionError| e.to_string())
+    })
+}
+
+fn storage_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StorageKey>, D::Error> {
+    parsed(d, "a hex string like \"0xea74…\"", str::parse)
+}
+
+fn value_enum<'de, D: Deserializer<'de>, T: ValueEnum>(d: D) -> Result<Option<T>, D::Error> {
+    parsed(d, "a string", |text| {
+        T::from_str(text, false).map_err(|_| {
+            let names: Vec<String> = T::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value())
+                .map(|v| format!("\"{}\"", v.get_name()))
+                .collect();
+            format!("'{text}' is not one of {}", names.join(", "))
+        })
+    })
+}
+
+fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let command = Vec::<String>::deserialize(d)?;
+    if command.is_empty() {
+        return Err(de::Error::custom(
+            "command is empty: write command = [\"/path/to/engine\", \"--arg\", …]",
+        ));
+    }
+    Ok(command)
+}
+
+#[cfg(test)]
+mod tests;
