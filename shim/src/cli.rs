@@ -58,11 +58,11 @@ impl ChainArgs {
     }
 }
 
-/// `engine-shim run`'s flags as given. Nothing has a clap default, so [`RunFlags::resolve`] can put
+/// `engine-shim run`'s flags as given. Nothing has a clap default, so [`RunArgs::resolve`] can put
 /// the config file between the environment and the defaults; the defaults are in the help text and
 /// in [`crate::config`].
 #[derive(Debug, Args, Default)]
-pub struct RunFlags {
+pub struct RunArgs {
     /// TOML file with any of these settings, keyed by the flag name in snake_case (`stale_after =
     /// "2m"`, `[[engine]]` tables, `shared_args`). Flags and environment variables override it.
     #[arg(long, env = "ENGINE_SHIM_CONFIG", value_name = "FILE")]
@@ -130,41 +130,6 @@ pub struct RunFlags {
     pub command: Vec<String>,
 }
 
-/// The pre-`--config` flags, kept until `run::run` takes a [`crate::config::RunConfig`].
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub chain: ChainArgs,
-    /// The engine's version. Without it the shim runs `CMD --version` once and takes the first X.Y.Z.
-    #[arg(long, env = "ENGINE_SHIM_ENGINE_VERSION")]
-    pub engine_version: Option<SemVer>,
-    /// How long a stopping engine gets between SIGTERM and SIGKILL.
-    #[arg(long, env = "ENGINE_SHIM_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
-    pub grace: Duration,
-    /// A crashed engine that had stayed up this long restarts after 1 s again (back-off reset).
-    #[arg(long, env = "ENGINE_SHIM_START_SECS", value_parser = humantime::parse_duration, default_value = "10s")]
-    pub start_secs: Duration,
-    /// Reconnect when no finalized head has arrived for this long.
-    #[arg(long, env = "ENGINE_SHIM_STALE_AFTER", value_parser = humantime::parse_duration, default_value = "60s")]
-    pub stale_after: Duration,
-    /// Repeat the WAITING (and other "nothing runs") lines at most this often.
-    #[arg(long, env = "ENGINE_SHIM_WAIT_LOG_EVERY", value_parser = humantime::parse_duration, default_value = "60s")]
-    pub wait_log_every: Duration,
-    /// Longest wait between reconnect attempts (back-off doubles from 250 ms up to this).
-    #[arg(long, env = "ENGINE_SHIM_RECONNECT_MAX", value_parser = humantime::parse_duration, default_value = "30s")]
-    pub reconnect_max: Duration,
-    /// The engine command and its arguments. `{block}` and `{block_hash}` are replaced with the
-    /// first finalized block of the release the engine is started for.
-    #[arg(required = true, last = true, value_name = "CMD")]
-    pub command: Vec<String>,
-}
-
-impl RunArgs {
-    pub fn program(&self) -> PathBuf {
-        PathBuf::from(&self.command[0])
-    }
-}
-
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which-engine").required(true).args(["engine_version", "engine"])))]
 pub struct CheckArgs {
@@ -197,10 +162,10 @@ mod tests {
     #[derive(Debug, Parser)]
     struct RunOnly {
         #[command(flatten)]
-        flags: RunFlags,
+        flags: RunArgs,
     }
 
-    fn run_flags(args: &[&str]) -> RunFlags {
+    fn run_flags(args: &[&str]) -> RunArgs {
         RunOnly::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
             .unwrap()
             .flags

@@ -1,8 +1,8 @@
 //! `engine-shim run`'s settings, fully resolved: command-line flag > environment variable > config
 //! file > default.
 //!
-//! clap reads flags and `ENGINE_SHIM_*` variables into [`RunFlags`], whose fields are all optional so
-//! an unset flag can be told apart from a default. [`RunFlags::resolve`] then lays the TOML file
+//! clap reads flags and `ENGINE_SHIM_*` variables into [`RunArgs`], whose fields are all optional so
+//! an unset flag can be told apart from a default. [`RunArgs::resolve`] then lays the TOML file
 //! (`--config FILE`) underneath and fills in the defaults, producing a [`RunConfig`] that the rest of
 //! the shim uses without caring where a value came from. Everything here is pure except reading the
 //! file, so the precedence rules are tested without processes or sockets.
@@ -17,7 +17,7 @@ use clap::ValueEnum;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::cli::RunFlags;
+use crate::cli::RunArgs;
 use crate::storage_key::StorageKey;
 use crate::telemetry::LogFormat;
 use crate::version::{Compatibility, Rule, SemVer};
@@ -221,7 +221,7 @@ impl FileConfig {
     }
 }
 
-impl RunFlags {
+impl RunArgs {
     /// Reads the config file (if `--config` was given) and merges it under the flags and environment.
     pub fn resolve(self) -> Result<RunConfig, ConfigError> {
         match self.config.clone() {

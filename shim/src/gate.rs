@@ -402,7 +402,8 @@ impl Gate {
 
     fn on_lock_granted(&mut self, actions: &mut Vec<Action>) {
         let LockState::Acquiring { restart } = self.lock else {
-            // A grant nobody is waiting for (already cancelled) changes nothing.
+            // A grant that crossed a cancel: the lock is ours after all, and nobody wants it.
+            actions.push(Action::ReleaseLock);
             return;
         };
         self.lock = LockState::Held;

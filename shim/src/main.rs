@@ -21,12 +21,24 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => {
-            telemetry::init(args.chain.log_format, false);
-            match runtime.block_on(run::run(args)) {
+            // The log format may come from the config file, so errors before this are plain text.
+            let config = match args.resolve() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(config.log_format, false);
+            match runtime.block_on(run::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
-                    ExitCode::FAILURE
+                    if e.downcast_ref::<run::UsageError>().is_some() {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }

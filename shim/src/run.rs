@@ -4,6 +4,7 @@
 //! signals, and carries out the gate's actions on real processes. All decisions stay in the gate.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,9 +13,10 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::block::BlockRef;
-use crate::cli::RunArgs;
+use crate::config::{validate_engines, RunConfig};
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate};
+use crate::lock::{HolderInfo, Lock, LockEvent, LockSpec};
 use crate::probe::probe_version;
 use crate::supervisor::{spawn_child, ChildExit, ChildHandle, LaunchSpec};
 use crate::telemetry;
@@ -22,6 +24,11 @@ use crate::version::SemVer;
 
 /// How long `CMD --version` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A start-up problem in what the operator asked for (exit code 2), as opposed to a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// One engine the shim may run: its version and how to launch it.
 #[derive(Debug, Clone)]
@@ -53,44 +60,83 @@ impl Engine {
                     self.version.to_string(),
                 ),
             ],
+            keep_lock: None,
         }
     }
 }
 
-/// Resolves the engine's version (flag or `CMD --version`) and runs until SIGTERM/SIGINT.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let version = match args.engine_version {
-        Some(version) => version,
-        None => probe_version(&args.program(), PROBE_TIMEOUT)
-            .await
-            .with_context(|| format!("cannot learn the version of {}", args.command[0]))?,
-    };
-    let engines = vec![Engine {
-        version,
-        command: args.command.clone(),
-    }];
+/// Learns every engine's version (given, or `PROGRAM --version`) and refuses sets the rule cannot
+/// tell apart.
+async fn resolve_engines(config: &RunConfig) -> anyhow::Result<Vec<Engine>> {
+    let mut engines = Vec::with_capacity(config.engines.len());
+    for engine in &config.engines {
+        let version = match engine.version {
+            Some(version) => version,
+            None => probe_version(Path::new(&engine.command[0]), PROBE_TIMEOUT)
+                .await
+                .with_context(|| format!("cannot learn the version of {}", engine.command[0]))?,
+        };
+        engines.push(Engine {
+            version,
+            command: engine.command.clone(),
+        });
+    }
+    let versions: Vec<SemVer> = engines.iter().map(|e| e.version).collect();
+    validate_engines(&versions, config.rule).map_err(UsageError)?;
+    Ok(engines)
+}
+
+/// The lock from `--lock`, or the documented default derived from `--lock-dir` / the engine's
+/// `--config-root`.
+fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
+    match &config.lock {
+        Some(text) => text
+            .parse()
+            .map_err(|e| UsageError(format!("--lock {text}: {e}")).into()),
+        None => {
+            let args: Vec<String> = config
+                .engines
+                .iter()
+                .flat_map(|e| e.command.iter().skip(1).cloned())
+                .collect();
+            Ok(LockSpec::default_for(config.lock_dir.as_deref(), &args))
+        }
+    }
+}
+
+/// Resolves the engines and the lock, then runs until SIGTERM/SIGINT.
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let engines = resolve_engines(&config).await?;
+    let lock = lock_spec(&config)?;
+    let listed = engines
+        .iter()
+        .map(|e| format!("{} ({})", e.version, e.command[0]))
+        .collect::<Vec<_>>()
+        .join(", ");
     info!(
-        engine_version = %version, node = %args.chain.node, rule = args.chain.rule.as_str(),
-        "engine-shim {} supervising engine {version} ({}); following {}",
-        env!("CARGO_PKG_VERSION"), args.command[0], args.chain.node
+        node = %config.node, rule = config.rule.as_str(), lock = %lock,
+        "engine-shim {} supervising {listed}; following {}; lock {lock}",
+        env!("CARGO_PKG_VERSION"), config.node
     );
     let follower = FollowerConfig {
-        url: args.chain.node.clone(),
-        storage_key: args.chain.release_key(),
-        stale_after: args.stale_after,
-        ping_interval: Duration::from_secs(10).min(args.stale_after),
+        url: config.node.clone(),
+        storage_key: config.storage_key.clone(),
+        stale_after: config.stale_after,
+        ping_interval: Duration::from_secs(10).min(config.stale_after),
         request_timeout: Duration::from_secs(30),
         backoff_initial: Duration::from_millis(250),
-        backoff_max: args.reconnect_max,
+        backoff_max: config.reconnect_max,
         syncing_poll: Duration::from_secs(2),
     };
     let gate = Gate::new(
         engines.iter().map(|e| e.version).collect(),
-        args.chain.rule,
-        args.wait_log_every,
-        args.start_secs,
+        config.rule,
+        config.wait_log_every,
+        config.start_secs,
     );
-    Shell::new(engines, gate, args.grace).run(follower).await
+    Shell::new(engines, gate, config.grace, Lock::new(lock))
+        .run(follower)
+        .await
 }
 
 /// The event loop's state: the gate, the live children and the channels that feed the gate.
@@ -104,13 +150,17 @@ struct Shell {
     exits_rx: mpsc::UnboundedReceiver<ChildExit>,
     restarts_tx: mpsc::UnboundedSender<EngineId>,
     restarts_rx: mpsc::UnboundedReceiver<EngineId>,
+    lock: Lock,
+    lock_tx: mpsc::UnboundedSender<LockEvent>,
+    lock_rx: mpsc::UnboundedReceiver<LockEvent>,
     shutting_down: bool,
 }
 
 impl Shell {
-    fn new(engines: Vec<Engine>, gate: Gate, grace: Duration) -> Self {
+    fn new(engines: Vec<Engine>, gate: Gate, grace: Duration, lock: Lock) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let (restarts_tx, restarts_rx) = mpsc::unbounded_channel();
+        let (lock_tx, lock_rx) = mpsc::unbounded_channel();
         Shell {
             engines,
             gate,
@@ -121,6 +171,9 @@ impl Shell {
             exits_rx,
             restarts_tx,
             restarts_rx,
+            lock,
+            lock_tx,
+            lock_rx,
             shutting_down: false,
         }
     }
@@ -138,6 +191,11 @@ impl Shell {
                 },
                 Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
                 Some(engine) = self.restarts_rx.recv() => Event::RestartDue { engine },
+                Some(event) = self.lock_rx.recv() => match self.on_lock_event(event) {
+                    Ok(Some(event)) => event,
+                    Ok(None) => continue,
+                    Err(e) => break Err(e),
+                },
                 _ = sigterm.recv() => self.on_signal("SIGTERM"),
                 _ = sigint.recv() => self.on_signal("SIGINT"),
             };
@@ -162,6 +220,32 @@ impl Shell {
             engine: exit.id,
             uptime: exit.uptime,
             status: exit.status.to_string(),
+        }
+    }
+
+    /// Logs lock news; a grant goes on to the gate, a lock that cannot work at all ends the shim
+    /// (no engine runs then: the gate only starts one after a grant).
+    fn on_lock_event(&mut self, event: LockEvent) -> anyhow::Result<Option<Event>> {
+        let spec = self.lock.spec().clone();
+        match event {
+            LockEvent::Waiting {
+                holder: Some(holder),
+            } => {
+                info!(lock = %spec, holder_pid = holder.pid, holder_host = %holder.host, holder_engine = %holder.engine_version,
+                    "waiting for the lock {spec} held by {holder}");
+                Ok(None)
+            }
+            LockEvent::Waiting { holder: None } => {
+                info!(lock = %spec, "waiting for the lock {spec} (holder unknown)");
+                Ok(None)
+            }
+            LockEvent::Granted => {
+                info!(lock = %spec, "acquired the lock {spec}");
+                Ok(Some(Event::LockGranted))
+            }
+            LockEvent::Failed { error } => {
+                Err(anyhow::anyhow!("the lock {spec} cannot be used: {error}"))
+            }
         }
     }
 
@@ -199,9 +283,17 @@ impl Shell {
                             let _ = restarts.send(engine);
                         });
                     }
-                    // Until a lock backend is configured, the lock is granted at once.
-                    Action::AcquireLock => queue.push_back(Event::LockGranted),
-                    Action::CancelLock | Action::ReleaseLock => {}
+                    Action::AcquireLock => {
+                        let version = self.gate.target().map(|e| self.engines[e].version);
+                        let me =
+                            HolderInfo::me(&version.map(|v| v.to_string()).unwrap_or_default());
+                        self.lock.acquire(me, self.lock_tx.clone());
+                    }
+                    Action::CancelLock => self.lock.cancel(),
+                    Action::ReleaseLock => {
+                        self.lock.release();
+                        info!(lock = %self.lock.spec(), "released the lock {}", self.lock.spec());
+                    }
                     Action::Notify(notice) => telemetry::notice(&notice),
                     Action::Exit => return true,
                 }
@@ -212,7 +304,10 @@ impl Shell {
 
     /// Spawns the engine; a failure to spawn comes back as an exit, so it is retried with back-off.
     fn start(&mut self, engine: EngineId, block: BlockRef) -> Result<(), Event> {
-        let spec = self.engines[engine].launch_spec(block);
+        let mut spec = self.engines[engine].launch_spec(block);
+        // The engine shares the lock, so it is held until the engine itself is gone, even if the
+        // shim dies first (see the lock module).
+        spec.keep_lock = self.lock.inheritable();
         match spawn_child(engine, &spec, self.exits_tx.clone()) {
             Ok(child) => {
                 info!(

@@ -35,6 +35,8 @@ pub struct LaunchSpec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A lock the child inherits across exec, so it stays held until the child is gone too.
+    pub keep_lock: Option<crate::lock::InheritedLock>,
 }
 
 /// How and when a child ended; sent exactly once per spawned child.
@@ -122,6 +124,7 @@ pub fn spawn_child(
         .stderr(Stdio::piped())
         .process_group(0);
     let parent = rustix::process::getpid();
+    let keep_lock = spec.keep_lock;
     // SAFETY: the closure runs between fork and exec and only makes raw system calls through
     // rustix (no allocation, no locks), which is async-signal-safe.
     unsafe {
@@ -131,6 +134,9 @@ pub fn spawn_child(
             // come, so give up now. The error is only seen if the parent is somehow still there.
             if rustix::process::getppid() != Some(parent) {
                 return Err(Errno::SRCH.into());
+            }
+            if let Some(lock) = keep_lock {
+                lock.keep_across_exec()?;
             }
             Ok(())
         });
@@ -420,6 +426,7 @@ mod tests {
             program: PathBuf::from("/bin/sh"),
             args: vec!["-c".to_string(), script.to_string()],
             env: vec![],
+            keep_lock: None,
         }
     }
 

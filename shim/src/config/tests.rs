@@ -4,20 +4,20 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::*;
-use crate::cli::RunFlags;
+use crate::cli::RunArgs;
 
 /// `engine-shim run ARGS…` parsed by clap. The one test that sets a variable (in `cli`) sets only
 /// `ENGINE_SHIM_RECONNECT_MAX`, so tests that check a value from the file or a default without
-/// passing its flag build [`RunFlags`] directly.
-fn flags(args: &[&str]) -> RunFlags {
+/// passing its flag build [`RunArgs`] directly.
+fn flags(args: &[&str]) -> RunArgs {
     try_flags(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
-fn try_flags(args: &[&str]) -> Result<RunFlags, clap::Error> {
+fn try_flags(args: &[&str]) -> Result<RunArgs, clap::Error> {
     #[derive(Parser)]
     struct Run {
         #[command(flatten)]
-        flags: RunFlags,
+        flags: RunArgs,
     }
     Run::try_parse_from(std::iter::once("run").chain(args.iter().copied())).map(|run| run.flags)
 }
@@ -135,9 +135,9 @@ fn bad_engine_flags_are_usage_errors() {
 #[test]
 fn nothing_given_means_documented_defaults() {
     // Built without clap, so no environment variable can leak in.
-    let args = RunFlags {
+    let args = RunArgs {
         command: vec!["/usr/bin/engine".into()],
-        ..RunFlags::default()
+        ..RunArgs::default()
     };
     let config = args.merge(FileConfig::default(), None).unwrap();
     assert_eq!(
@@ -183,7 +183,7 @@ command = ["/usr/bin/engine-1.1", "--extra"]
 
 #[test]
 fn the_file_fills_every_setting() {
-    let config = RunFlags::default().merge(file(FULL_FILE), None).unwrap();
+    let config = RunArgs::default().merge(file(FULL_FILE), None).unwrap();
     assert_eq!(
         config,
         RunConfig {
@@ -547,7 +547,7 @@ fn the_readme_example_is_a_valid_config() {
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("README has a ```toml example");
-    let config = RunFlags::default().merge(file(example), None).unwrap();
+    let config = RunArgs::default().merge(file(example), None).unwrap();
     assert_eq!(config.engines.len(), 2);
     assert_eq!(config.grace, secs(30));
 }
