@@ -27,6 +27,23 @@ pub enum Command {
     Run(RunArgs),
     /// Ask once whether an engine is compatible with the chain; the answer is the exit code.
     Check(CheckArgs),
+    /// Ask a running instance to stop its engine, give the lock back and stand by, so another
+    /// instance takes over (maintenance without downtime).
+    Handoff(HandoffArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which-instance").required(true).args(["control_socket", "pid"])))]
+pub struct HandoffArgs {
+    /// The running instance's `--control-socket`: waits until the hand-off is complete.
+    #[arg(long, env = "ENGINE_SHIM_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Or the running instance's pid: sends SIGUSR1 and returns at once.
+    #[arg(long)]
+    pub pid: Option<i32>,
+    /// How long to wait for the hand-off to complete (the engine's stop included).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub timeout: Duration,
 }
 
 /// `check`'s flags for where the chain is and how to read its release (`run` has its own, optional
@@ -123,6 +140,13 @@ pub struct RunArgs {
     /// Directory of the default lock file (see --lock).
     #[arg(long, env = "ENGINE_SHIM_LOCK_DIR", value_name = "DIR")]
     pub lock_dir: Option<PathBuf>,
+    /// After a hand-off (SIGUSR1 or `engine-shim handoff`), ask for no lock for this long, so
+    /// another instance takes over [default: 30s]
+    #[arg(long, env = "ENGINE_SHIM_STANDBY", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub standby: Option<Duration>,
+    /// Listen on this Unix socket for `engine-shim handoff` (off unless given).
+    #[arg(long, env = "ENGINE_SHIM_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
     /// Without --engine: the engine command and its args. With --engine (or [[engine]] in the config
     /// file): args appended to every engine's own (shared args). `{block}` and `{block_hash}` are
     /// replaced with the first finalized block of the release the engine is started for.
@@ -252,6 +276,7 @@ mod tests {
             ("stale_after", "60s", config::DEFAULT_STALE_AFTER),
             ("wait_log_every", "60s", config::DEFAULT_WAIT_LOG_EVERY),
             ("reconnect_max", "30s", config::DEFAULT_RECONNECT_MAX),
+            ("standby", "30s", config::DEFAULT_STANDBY),
         ] {
             assert!(help(id).ends_with(&format!("[default: {text}]")), "{id}");
             assert_eq!(humantime::parse_duration(text).unwrap(), value, "{id}");

@@ -24,6 +24,8 @@ use crate::version::{Compatibility, Rule, SemVer};
 
 /// Default of `--node`.
 pub const DEFAULT_NODE: &str = "ws://127.0.0.1:9944";
+/// Default of `--standby`.
+pub const DEFAULT_STANDBY: Duration = Duration::from_secs(30);
 /// Default of `--grace`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// Default of `--start-secs`.
@@ -50,6 +52,8 @@ pub struct RunConfig {
     /// `--lock SPEC` as given (`none`, `file:PATH`); `None` means the documented default.
     pub lock: Option<String>,
     pub lock_dir: Option<PathBuf>,
+    pub standby: Duration,
+    pub control_socket: Option<PathBuf>,
     /// At least one engine, in the order given.
     pub engines: Vec<EngineCommand>,
 }
@@ -185,6 +189,9 @@ pub struct FileConfig {
     pub reconnect_max: Option<Duration>,
     pub lock: Option<String>,
     pub lock_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration")]
+    pub standby: Option<Duration>,
+    pub control_socket: Option<PathBuf>,
     #[serde(default, deserialize_with = "version")]
     pub engine_version: Option<SemVer>,
     #[serde(default)]
@@ -269,6 +276,8 @@ impl RunArgs {
                 .unwrap_or(DEFAULT_RECONNECT_MAX),
             lock: self.lock.or(file.lock),
             lock_dir: self.lock_dir.or(file.lock_dir),
+            standby: self.standby.or(file.standby).unwrap_or(DEFAULT_STANDBY),
+            control_socket: self.control_socket.or(file.control_socket),
             engines,
         })
     }

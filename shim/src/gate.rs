@@ -39,6 +39,12 @@ pub enum Event {
     RestartDue { engine: EngineId },
     /// The lock the gate asked for is ours.
     LockGranted,
+    /// The lock was lost (not renewed in time, taken, database gone): fence at once.
+    LockLost { reason: String },
+    /// The operator asked this instance to hand the work over (SIGUSR1 or `engine-shim handoff`).
+    HandOff,
+    /// The stand-by after a hand-off is over: compete for the lock again.
+    StandbyOver,
     /// The shim was asked to stop (SIGTERM / SIGINT).
     Shutdown,
 }
@@ -58,6 +64,12 @@ pub enum Action {
     CancelLock,
     /// Give back the held lock: no child is alive any more.
     ReleaseLock,
+    /// The lock is lost: stop this engine now, SIGKILL by the lock's fencing deadline.
+    Fence { engine: EngineId },
+    /// Stand by (ask for no lock) for the configured time, then send [`Event::StandbyOver`].
+    Standby,
+    /// A requested hand-off is complete: no engine runs here and the lock is given back.
+    HandedOff,
     /// Tell the operator something; the shell formats and logs it.
     Notify(Notice),
     /// Everything is stopped after a shutdown: the shell may exit.
@@ -113,6 +125,12 @@ pub enum Notice {
     },
     /// An engine that was asked to stop has exited.
     Stopped { engine: SemVer, status: String },
+    /// The lock was lost while an engine ran: it is being stopped at once.
+    Fenced { engine: SemVer, reason: String },
+    /// A hand-off was asked for; `engine` is the one being stopped, if any.
+    HandingOff { engine: Option<SemVer> },
+    /// The stand-by after a hand-off ended; this instance competes for the lock again.
+    StandbyOver,
 }
 
 /// The one child the gate may have, as an explicit life cycle rather than a heap of flags.
@@ -167,6 +185,10 @@ pub struct Gate {
     /// The problem last reported for an unknown release, so a change of problem is logged at once.
     last_release_error: Option<ReleaseError>,
     shutting_down: bool,
+    /// After a hand-off: ask for no lock until the stand-by is over.
+    standby: bool,
+    /// A hand-off is waiting for its engine to be reaped.
+    handing_off: bool,
     /// Time of the latest block event; child exits carry no time of their own.
     now: Duration,
 }
@@ -197,6 +219,8 @@ impl Gate {
             last_wait_log: None,
             last_release_error: None,
             shutting_down: false,
+            standby: false,
+            handing_off: false,
             now: Duration::ZERO,
         }
     }
@@ -241,6 +265,17 @@ impl Gate {
             } => self.on_child_exited(engine, uptime, status, &mut actions),
             Event::RestartDue { engine } => self.on_restart_due(engine, &mut actions),
             Event::LockGranted => self.on_lock_granted(&mut actions),
+            Event::LockLost { reason } => self.on_lock_lost(reason, &mut actions),
+            Event::HandOff => self.on_hand_off(&mut actions),
+            Event::StandbyOver => {
+                if self.standby {
+                    self.standby = false;
+                    actions.push(Action::Notify(Notice::StandbyOver));
+                    if self.job == Job::Idle && !self.shutting_down {
+                        self.start_or_wait(self.now, true, false, &mut actions);
+                    }
+                }
+            }
             Event::Shutdown => self.on_shutdown(&mut actions),
         }
         actions
@@ -370,6 +405,7 @@ impl Gate {
         match self.lock {
             LockState::Held => {}
             LockState::Acquiring { .. } => return,
+            LockState::Free if self.standby => return,
             LockState::Free => {
                 actions.push(Action::AcquireLock);
                 self.lock = LockState::Acquiring { restart };
@@ -456,6 +492,14 @@ impl Gate {
                 if self.shutting_down {
                     self.give_back_lock(actions);
                     actions.push(Action::Exit);
+                } else if self.handing_off {
+                    self.handing_off = false;
+                    self.give_back_lock(actions);
+                    actions.push(Action::HandedOff);
+                    if !self.standby {
+                        // The stand-by ran out while the engine was still stopping.
+                        self.start_or_wait(self.now, true, true, actions);
+                    }
                 } else {
                     // A stop always completes before the next start: this is the hand-over point.
                     self.start_or_wait(self.now, true, true, actions);
@@ -490,6 +534,50 @@ impl Gate {
         match self.known {
             Some(known) if known.target == Some(engine) => self.start(engine, known, true, actions),
             _ => {}
+        }
+    }
+
+    fn on_lock_lost(&mut self, reason: String, actions: &mut Vec<Action>) {
+        if self.lock != LockState::Held {
+            return;
+        }
+        // Lost means not ours any more: there is nothing to give back.
+        self.lock = LockState::Free;
+        match self.job {
+            Job::Running(engine) | Job::Stopping(engine) => {
+                actions.push(Action::Notify(Notice::Fenced {
+                    engine: self.engines[engine],
+                    reason,
+                }));
+                actions.push(Action::Fence { engine });
+                self.job = Job::Stopping(engine);
+            }
+            Job::Idle | Job::RestartPending(_) => {}
+        }
+    }
+
+    /// Stop the engine, give the lock back and stand by, so another instance takes over.
+    fn on_hand_off(&mut self, actions: &mut Vec<Action>) {
+        if self.shutting_down {
+            return;
+        }
+        actions.push(Action::Notify(Notice::HandingOff {
+            engine: self.alive().map(|engine| self.engines[engine]),
+        }));
+        self.standby = true;
+        actions.push(Action::Standby);
+        match self.job {
+            Job::Running(engine) => {
+                actions.push(Action::Stop { engine });
+                self.job = Job::Stopping(engine);
+                self.handing_off = true;
+            }
+            Job::Stopping(_) => self.handing_off = true,
+            Job::Idle | Job::RestartPending(_) => {
+                self.job = Job::Idle;
+                self.give_back_lock(actions);
+                actions.push(Action::HandedOff);
+            }
         }
     }
 

@@ -9,6 +9,7 @@ pub mod block;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod follower;
 pub mod gate;
 pub mod lock;

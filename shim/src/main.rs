@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use engine_shim::cli::{Cli, Command};
+use engine_shim::cli::{Cli, Command, HandoffArgs};
 use engine_shim::{check, run, telemetry};
 
 fn main() -> ExitCode {
@@ -42,9 +42,35 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Handoff(args) => runtime.block_on(hand_off(args)),
         Command::Check(args) => {
             telemetry::init(args.chain.log_format, true);
             ExitCode::from(runtime.block_on(check::run(args)))
+        }
+    }
+}
+
+/// `engine-shim handoff`: through the control socket (and wait for the answer), or by SIGUSR1.
+async fn hand_off(args: HandoffArgs) -> ExitCode {
+    let result = match (&args.control_socket, args.pid) {
+        (Some(path), _) => engine_shim::control::request_hand_off(path, args.timeout).await,
+        (None, Some(pid)) => rustix::process::Pid::from_raw(pid)
+            .ok_or_else(|| format!("{pid} is not a process id"))
+            .and_then(|target| {
+                rustix::process::kill_process(target, rustix::process::Signal::USR1)
+                    .map_err(|e| format!("cannot signal pid {pid}: {e}"))
+            })
+            .map(|()| format!("sent SIGUSR1 to pid {pid}; its log says when the hand-off is done")),
+        (None, None) => unreachable!("clap requires --control-socket or --pid"),
+    };
+    match result {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::block::BlockRef;
 use crate::config::{validate_engines, RunConfig};
+use crate::control::{self, HandOffRequest};
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate};
 use crate::lock::{HolderInfo, Lock, LockEvent, LockSpec};
@@ -134,9 +135,16 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         config.wait_log_every,
         config.start_secs,
     );
-    Shell::new(engines, gate, config.grace, Lock::new(lock))
-        .run(follower)
-        .await
+    let (control_tx, control_rx) = mpsc::channel(8);
+    if let Some(path) = &config.control_socket {
+        control::serve(path.clone(), control_tx)
+            .await
+            .with_context(|| format!("cannot listen on the control socket {}", path.display()))?;
+    }
+    let mut shell = Shell::new(engines, gate, config.grace, Lock::new(lock));
+    shell.standby = config.standby;
+    shell.control_rx = control_rx;
+    shell.run(follower).await
 }
 
 /// The event loop's state: the gate, the live children and the channels that feed the gate.
@@ -153,6 +161,15 @@ struct Shell {
     lock: Lock,
     lock_tx: mpsc::UnboundedSender<LockEvent>,
     lock_rx: mpsc::UnboundedReceiver<LockEvent>,
+    /// Time left to the lock's fencing deadline, from the last loss: a fenced engine gets no more.
+    fence_within: Duration,
+    /// How long to ask for no lock after a hand-off.
+    standby: Duration,
+    standby_tx: mpsc::UnboundedSender<()>,
+    standby_rx: mpsc::UnboundedReceiver<()>,
+    control_rx: mpsc::Receiver<HandOffRequest>,
+    /// `engine-shim handoff` clients waiting for the hand-off to complete.
+    hand_off_waiters: Vec<oneshot::Sender<String>>,
     shutting_down: bool,
 }
 
@@ -161,6 +178,8 @@ impl Shell {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let (restarts_tx, restarts_rx) = mpsc::unbounded_channel();
         let (lock_tx, lock_rx) = mpsc::unbounded_channel();
+        let (standby_tx, standby_rx) = mpsc::unbounded_channel();
+        let (_, control_rx) = mpsc::channel(1);
         Shell {
             engines,
             gate,
@@ -174,6 +193,12 @@ impl Shell {
             lock,
             lock_tx,
             lock_rx,
+            fence_within: Duration::ZERO,
+            standby: crate::config::DEFAULT_STANDBY,
+            standby_tx,
+            standby_rx,
+            control_rx,
+            hand_off_waiters: Vec::new(),
             shutting_down: false,
         }
     }
@@ -181,6 +206,8 @@ impl Shell {
     async fn run(mut self, follower: FollowerConfig) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sigusr1 =
+            signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
         let (blocks_tx, mut blocks_rx) = mpsc::channel(1024);
         let follower = tokio::spawn(follow(follower, blocks_tx));
         let result = loop {
@@ -198,6 +225,16 @@ impl Shell {
                 },
                 _ = sigterm.recv() => self.on_signal("SIGTERM"),
                 _ = sigint.recv() => self.on_signal("SIGINT"),
+                _ = sigusr1.recv() => {
+                    info!("SIGUSR1 received: handing off");
+                    Event::HandOff
+                }
+                Some(request) = self.control_rx.recv() => {
+                    info!("hand-off requested on the control socket");
+                    self.hand_off_waiters.push(request.reply);
+                    Event::HandOff
+                }
+                Some(()) = self.standby_rx.recv() => Event::StandbyOver,
             };
             if self.handle(event) {
                 break Ok(());
@@ -276,6 +313,27 @@ impl Shell {
                         Some(child) => child.stop(self.grace),
                         None => error!("asked to stop engine {engine}, which is not running"),
                     },
+                    Action::Fence { engine } => match self.children.get(&engine) {
+                        Some(child) => child.stop(self.fence_within.min(self.grace)),
+                        None => error!("asked to fence engine {engine}, which is not running"),
+                    },
+                    Action::Standby => {
+                        let (over, after) = (self.standby_tx.clone(), self.standby);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(after).await;
+                            let _ = over.send(());
+                        });
+                    }
+                    Action::HandedOff => {
+                        let answer = format!(
+                            "handed off: no engine runs here and the lock is given back; standing by for {}",
+                            humantime::format_duration(self.standby)
+                        );
+                        info!("{answer}");
+                        for waiter in self.hand_off_waiters.drain(..) {
+                            let _ = waiter.send(answer.clone());
+                        }
+                    }
                     Action::ScheduleRestart { engine, after } => {
                         let restarts = self.restarts_tx.clone();
                         tokio::spawn(async move {

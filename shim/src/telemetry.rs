@@ -138,6 +138,22 @@ pub fn notice(notice: &Notice) {
             "engine {engine} exited unexpectedly ({status}) after {}; restarting in {}",
             secs(*uptime), secs(*restart_in)
         ),
+        Notice::Fenced { engine, reason } => error!(
+            engine_version = %engine, reason = %reason,
+            "lost the lock: {reason}; stopping engine {engine} now (fencing)"
+        ),
+        Notice::HandingOff {
+            engine: Some(engine),
+        } => info!(
+            engine_version = %engine,
+            "hand-off requested: stopping engine {engine}, then giving the lock back and standing by"
+        ),
+        Notice::HandingOff { engine: None } => {
+            info!("hand-off requested: no engine runs here; giving any lock back and standing by")
+        }
+        Notice::StandbyOver => {
+            info!("stand-by after the hand-off is over; competing for the lock again")
+        }
         Notice::Stopped { engine, status } => info!(
             engine_version = %engine, status = %status,
             "engine {engine} stopped ({status})"

@@ -154,6 +154,8 @@ fn nothing_given_means_documented_defaults() {
             reconnect_max: secs(30),
             lock: None,
             lock_dir: None,
+            standby: DEFAULT_STANDBY,
+            control_socket: None,
             engines: vec![engine(None, &["/usr/bin/engine"])],
         }
     );
@@ -198,6 +200,8 @@ fn the_file_fills_every_setting() {
             reconnect_max: secs(45),
             lock: Some("file:/run/engine.lock".into()),
             lock_dir: Some("/run/engine-shim".into()),
+            standby: DEFAULT_STANDBY,
+            control_socket: None,
             engines: vec![
                 engine(
                     Some("1.0.0"),

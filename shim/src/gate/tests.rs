@@ -394,6 +394,52 @@ fn shutdown_while_waiting_for_the_lock_cancels_it_and_exits() {
     );
 }
 
+#[test]
+fn a_lost_lock_fences_the_engine_and_waits_for_the_lock_again() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    let lost = g.step(Event::LockLost {
+        reason: "lease not renewed".into(),
+    });
+    assert!(matches!(notices(&lost)[..], [Notice::Fenced { .. }]));
+    // Nothing to release: the lock is not ours any more.
+    assert_eq!(commands_and_lock(lost), [Action::Fence { engine: 0 }]);
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 3))),
+        [Action::AcquireLock]
+    );
+}
+
+#[test]
+fn hand_off_stops_releases_and_stands_by_until_told() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    assert_eq!(
+        commands_and_lock(g.step(Event::HandOff)),
+        [Action::Standby, Action::Stop { engine: 0 }]
+    );
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 3))),
+        [Action::ReleaseLock, Action::HandedOff]
+    );
+    // Standing by: blocks of a compatible release start nothing, not even a lock request.
+    assert_eq!(commands_and_lock(g.step(at(2, "1.0.0"))), []);
+    assert_eq!(
+        commands_and_lock(g.step(Event::StandbyOver)),
+        [Action::AcquireLock]
+    );
+}
+
+#[test]
+fn hand_off_of_an_idle_instance_answers_at_once() {
+    let mut g = gate(&["1.1.0"]);
+    g.step(at(1, "1.0.0"));
+    assert_eq!(
+        commands_and_lock(g.step(Event::HandOff)),
+        [Action::Standby, Action::HandedOff]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model check: one or two shims (processes), each with its own gate and engines, sharing one chain
 // and one lock, under random interleavings of blocks, crashes, stop completions, restart timers,
@@ -411,6 +457,10 @@ struct Shim {
     restart_pending: Option<EngineId>,
     exited: bool,
     shutting_down: bool,
+    /// The lock was taken from this shim while its engine lived: the engine is being fenced and,
+    /// as the real lock's deadlines guarantee, nobody else gets the lock before it is dead.
+    lost: bool,
+    standby_pending: bool,
 }
 
 /// The shared world: the chain and the lock (FIFO waiters, like flock's wake-up).
@@ -430,6 +480,9 @@ enum Op {
     RestartFires(usize),
     Grant,
     Shutdown(usize),
+    Lose(usize),
+    HandOff(usize),
+    StandbyOver(usize),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -441,6 +494,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (0usize..2).prop_map(Op::RestartFires),
         3 => Just(Op::Grant),
         1 => (0usize..2).prop_map(Op::Shutdown),
+        1 => (0usize..2).prop_map(Op::Lose),
+        1 => (0usize..2).prop_map(Op::HandOff),
+        2 => (0usize..2).prop_map(Op::StandbyOver),
     ]
 }
 
@@ -465,6 +521,8 @@ impl World {
                 restart_pending: None,
                 exited: false,
                 shutting_down: false,
+                lost: false,
+                standby_pending: false,
             })
             .collect();
         World {
@@ -524,7 +582,22 @@ impl World {
                 self.waiting
                     .remove(at.expect("cancelled a lock it was not waiting for"));
             }
+            Action::Fence { engine } => {
+                assert_eq!(
+                    shim.alive,
+                    Some(engine),
+                    "fenced an engine that is not alive"
+                );
+                assert!(shim.lost, "fenced without losing the lock");
+                shim.stop_requested = true;
+            }
+            Action::Standby => shim.standby_pending = true,
+            Action::HandedOff => {
+                assert_eq!(shim.alive, None, "handed off with a child alive");
+                assert_ne!(self.holder, Some(s), "handed off holding the lock");
+            }
             Action::ReleaseLock => {
+                assert!(!shim.lost, "released a lock it had lost");
                 assert_eq!(self.holder, Some(s), "released a lock it does not hold");
                 assert_eq!(shim.alive, None, "released the lock with a child alive");
                 self.holder = None;
@@ -544,6 +617,12 @@ impl World {
 
     fn check_invariants(&self) {
         for (s, shim) in self.shims.iter().enumerate() {
+            if shim.lost {
+                assert!(
+                    shim.alive.is_some(),
+                    "a lost lock outlived its engine in the model"
+                );
+            }
             assert_eq!(shim.gate.alive(), shim.alive, "gate and world disagree");
             if shim.alive.is_some() {
                 assert_eq!(self.holder, Some(s), "a live child without the lock");
@@ -594,6 +673,28 @@ impl World {
                     }
                 }
             }
+            Op::Lose(s) => {
+                if self.holder == Some(s) && !self.shims[s].lost {
+                    if self.shims[s].alive.is_some() {
+                        self.shims[s].lost = true;
+                    } else {
+                        self.holder = None;
+                    }
+                    let reason = "lease expired".to_string();
+                    self.feed(s, Event::LockLost { reason });
+                }
+            }
+            Op::HandOff(s) => {
+                if !self.shims[s.min(self.shims.len() - 1)].exited && s < self.shims.len() {
+                    self.feed(s, Event::HandOff);
+                }
+            }
+            Op::StandbyOver(s) => {
+                if let Some(shim) = self.shims.get_mut(s).filter(|sh| sh.standby_pending) {
+                    shim.standby_pending = false;
+                    self.feed(s, Event::StandbyOver);
+                }
+            }
             Op::Shutdown(s) => {
                 if let Some(shim) = self.shims.get_mut(s).filter(|sh| !sh.exited) {
                     shim.shutting_down = true;
@@ -633,6 +734,10 @@ impl World {
         if let (Some(engine), true) = (shim.alive, shim.stop_requested) {
             shim.alive = None;
             shim.stop_requested = false;
+            if std::mem::take(&mut shim.lost) {
+                // The fenced engine is dead: only now may the lock pass to someone else.
+                self.holder = None;
+            }
             self.feed(s, exited(engine, 1));
         }
     }
@@ -644,6 +749,7 @@ impl World {
                 self.deliver(s);
                 self.complete_stop(s);
                 self.run(Op::RestartFires(s));
+                self.run(Op::StandbyOver(s));
             }
             self.run(Op::Grant);
         }
