@@ -11,11 +11,15 @@
 //! - [`LockSpec::File`]: an flock on a file that also names its holder (see `file.rs` for why
 //!   flock). Waiting happens on a dedicated thread blocked in `flock(LOCK_EX)`, so the grant
 //!   follows the holder's release or death immediately, without polling.
+//! - [`LockSpec::Postgres`]: a lock in a PostgreSQL database shared by shims on several hosts, as
+//!   a lease row, a session advisory lock, or both ([`LockMode`]); a worker task per `Lock` talks
+//!   to the database (`postgres.rs`). Unlike a file lock it can be **lost** while held (a renewal
+//!   fails, the session ends): see "Lost" below.
 //!
 //! # Every `Granted` is true
 //! The run loop receives events some time after they are sent, and may cancel in between. The
 //! rules that make a received [`LockEvent::Granted`] always mean "this `Lock` holds the lock now"
-//! (until the loop itself calls [`Lock::release`]):
+//! (until the loop itself calls [`Lock::release`], or a [`LockEvent::Lost`] follows):
 //! - an acquisition sends at most one `Granted`, and only while it is still wanted: the decision
 //!   and the switch to "held" happen together under one mutex that [`Lock::cancel`] also takes;
 //! - a cancelled acquisition's channel sender is dropped at once, so nothing of it can arrive
@@ -25,6 +29,22 @@
 //!   that no longer wants the lock when that `Granted` arrives must [`Lock::release`] it; a
 //!   caller that asks again first simply has its answer (`acquire` while held is a no-op).
 //!
+//! # Lost
+//! A PostgreSQL lock held by a process that cannot renew it (database unreachable, network cut,
+//! session ended, process frozen past its deadline) is reported [`LockEvent::Lost`], at most once
+//! per grant, on the channel its `Granted` came on, and only while still held: a `release` before
+//! the loss means no `Lost` follows. From that moment the `Lock` is not held ([`Lock::is_held`] is
+//! false, no release is needed) and a later [`Lock::acquire`] starts afresh.
+//!
+//! `Lost` carries `kill_by`, a moment on the boot-time clock: the engine must be **dead** by then,
+//! because shortly after it the database may let another host's shim in. The run loop stops the
+//! engine at once (TERM) and KILLs it at `kill_by` if it is still alive: with the defaults (lease
+//! 5 s, renew 1 s) a holder whose renewals stop gives up 2.5 s after its last good renewal was
+//! sent and must have killed its engine by 4 s, while the database keeps the lease until at
+//! least 5 s (see `fence.rs`). A `Lost` received late (the whole process was frozen) has a
+//! `kill_by` in the past: kill at once. Any event sent before a `Lost` is older than it: since a
+//! `Lost` ends its grant, a `Lost` received while the loop is not holding the lock is stale.
+//!
 //! # Shared with the engine
 //! When a process dies the kernel closes its files (dropping its flock) *before* its children get
 //! their parent-death signal. So if only the shim held the flock, a SIGKILLed shim would let the
@@ -32,8 +52,16 @@
 //! kills). The engine child therefore inherits the flock's descriptor ([`InheritedLock`], applied
 //! between fork and exec): the lock is free only once the shim *and* its engine have closed it.
 
+mod advisory;
+mod conn;
+mod fence;
 mod file;
 mod holder;
+mod lease;
+mod pg_config;
+#[cfg(test)]
+mod pg_tests;
+mod postgres;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -41,20 +69,36 @@ mod tests;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+pub use fence::BootInstant;
 use file::{LockFile, TryLock};
 pub use holder::HolderInfo;
+pub use pg_config::{
+    LockMode, Password, PgLockConfig, PgOptions, DEFAULT_LEASE, DEFAULT_LOCK_NAME, DEFAULT_RENEW,
+    PASSWORD_ENV, PASSWORD_FILE_ENV,
+};
 pub use spec::{LockSpec, LockSpecError, DEFAULT_CONFIG_ROOT, LOCK_FILE_NAME};
 
 /// What became of an acquisition, in the order it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockEvent {
-    /// Somebody else holds it; sent once when the wait begins (holder `None` if unknown/unreadable).
+    /// Somebody else holds it; sent when the wait begins (holder `None` if unknown, unreadable,
+    /// or the database is unreachable). A PostgreSQL lock sends it again when the holder it sees
+    /// changes, at most once per growing interval.
     Waiting { holder: Option<HolderInfo> },
-    /// We hold it now.
-    Granted,
+    /// We hold it now. `epoch` is the lease's epoch (PostgreSQL lease and dual modes), which grows
+    /// with every change of holder: hand it downstream so others can fence on it.
+    Granted { epoch: Option<u64> },
+    /// We held it and do not any more (PostgreSQL only; see "Lost" in the module docs). Stop the
+    /// engine at once and make sure it is dead by `kill_by` ([`BootInstant::remaining`] says how
+    /// long that is from now; zero when it has passed). Nothing more follows for this grant.
+    Lost {
+        reason: String,
+        kill_by: BootInstant,
+    },
     /// The lock cannot be used at all (e.g. the lock file cannot be opened: permission, missing
     /// directory). The message names the fix. Nothing follows it.
     Failed { error: String },
@@ -66,17 +110,22 @@ pub enum LockEvent {
 #[derive(Debug)]
 pub struct Lock {
     spec: LockSpec,
-    /// Shared with the thread blocked in `flock`, which completes an acquisition under this mutex.
+    /// Shared with the thread blocked in `flock` or the PostgreSQL worker, which complete an
+    /// acquisition (and report a loss) under this mutex.
     phase: Arc<Mutex<Phase>>,
+    /// Numbers acquisitions, so a worker never grants an older one's request to a newer one.
+    serial: u64,
+    /// The PostgreSQL worker, started by the first acquisition.
+    worker: Option<postgres::Worker>,
 }
 
-/// Where one `Lock` stands. Only the waiting thread moves it out of `Waiting`.
+/// Where one `Lock` stands. Only the waiting thread (or the worker) moves it out of `Waiting`.
 #[derive(Debug)]
 enum Phase {
     Idle,
-    /// A thread is blocked in `flock` for this `Lock`. `want` is whom the lock goes to when the
-    /// thread gets it; `None` once cancelled, and then the thread unlocks at once, silently. A
-    /// later `acquire` fills `want` again instead of starting a second thread.
+    /// A thread is blocked in `flock` (or the worker polls the database) for this `Lock`. `want`
+    /// is whom the lock goes to when it is got; `None` once cancelled, and then it is given back
+    /// at once, silently. A later `acquire` fills `want` again instead of starting over.
     Waiting {
         want: Option<Want>,
     },
@@ -88,6 +137,7 @@ enum Phase {
 struct Want {
     me: HolderInfo,
     events: UnboundedSender<LockEvent>,
+    serial: u64,
 }
 
 /// What keeps a held lock held.
@@ -96,6 +146,11 @@ enum Holding {
     /// `LockSpec::None`: nothing to keep.
     Nothing,
     File(LockFile),
+    /// A PostgreSQL lock: the worker keeps it, and reports its loss on `events`.
+    Database {
+        serial: u64,
+        events: UnboundedSender<LockEvent>,
+    },
 }
 
 impl Lock {
@@ -103,6 +158,8 @@ impl Lock {
         Lock {
             spec,
             phase: Arc::new(Mutex::new(Phase::Idle)),
+            serial: 0,
+            worker: None,
         }
     }
 
@@ -112,41 +169,100 @@ impl Lock {
 
     /// Starts acquiring without blocking; the outcome arrives on `events`: `Granted` (at once if
     /// the lock is free, or with [`LockSpec::None`]), or `Waiting` and later `Granted`, or
-    /// `Failed`. `me` is written into the lock once it is ours, for waiters to show.
+    /// `Failed`; for PostgreSQL, possibly `Lost` after `Granted`. `me` is written into the lock
+    /// once it is ours, for waiters to show.
     ///
     /// Calling `acquire` while already held or acquiring is a no-op (and `events` is dropped).
+    /// A PostgreSQL lock needs to be called within a tokio runtime.
     pub fn acquire(&mut self, me: HolderInfo, events: UnboundedSender<LockEvent>) {
+        self.serial += 1;
+        let serial = self.serial;
         let mut phase = lock(&self.phase);
         match &mut *phase {
-            Phase::Held(_) | Phase::Waiting { want: Some(_) } => {}
+            Phase::Held(_) | Phase::Waiting { want: Some(_) } => return,
             Phase::Waiting { want } => {
-                // A cancelled attempt's thread is still blocked in flock: it now works for this one.
+                // A cancelled attempt's thread is still blocked in flock: it now works for this
+                // one. (The PostgreSQL worker reports on its next attempt.)
                 let holder = match &self.spec {
                     LockSpec::File(path) => LockFile::open(path).ok().and_then(|f| f.holder()),
-                    LockSpec::None => None,
+                    LockSpec::None | LockSpec::Postgres(_) => None,
                 };
-                let _ = events.send(LockEvent::Waiting { holder });
-                *want = Some(Want { me, events });
+                if !matches!(self.spec, LockSpec::Postgres(_)) {
+                    let _ = events.send(LockEvent::Waiting { holder });
+                }
+                *want = Some(Want { me, events, serial });
             }
-            Phase::Idle => *phase = begin(&self.spec, me, events, &self.phase),
+            Phase::Idle => match &self.spec {
+                LockSpec::Postgres(_) => {
+                    *phase = Phase::Waiting {
+                        want: Some(Want { me, events, serial }),
+                    }
+                }
+                spec => *phase = begin(spec, me, events, serial, &self.phase),
+            },
+        }
+        drop(phase);
+        if let LockSpec::Postgres(config) = &self.spec {
+            if self.worker.is_none() {
+                match postgres::Worker::start((**config).clone(), Arc::clone(&self.phase)) {
+                    Ok(worker) => self.worker = Some(worker),
+                    Err(error) => {
+                        let mut phase = lock(&self.phase);
+                        if let Phase::Waiting { want: Some(want) } = &*phase {
+                            let _ = want.events.send(LockEvent::Failed { error });
+                        }
+                        *phase = Phase::Idle;
+                        return;
+                    }
+                }
+            }
+            if let Some(worker) = &self.worker {
+                worker.unsettle();
+            }
         }
     }
 
     /// Gives up a pending acquisition: nothing more is sent for it, and if the lock is got anyway
-    /// later it is unlocked at once. A no-op when idle, and when already held (the grant was sent
-    /// before: see the module docs).
+    /// later it is given back at once. A no-op when idle, and when already held (the grant was
+    /// sent before: see the module docs).
     pub fn cancel(&mut self) {
         if let Phase::Waiting { want } = &mut *lock(&self.phase) {
             *want = None;
+            if let Some(worker) = &self.worker {
+                worker.unsettle();
+            }
         }
     }
 
-    /// Gives back a held lock: clears the holder information, then unlocks. No-op if not held.
+    /// Gives back a held lock: clears the holder information, then unlocks. No-op if not held
+    /// (including after a `Lost`).
+    ///
+    /// A PostgreSQL lock is handed back by its worker shortly after (the lease's expiry set to
+    /// the database's now, the advisory lock unlocked); [`Lock::settle`] waits for that.
     pub fn release(&mut self) {
         let mut phase = lock(&self.phase);
         match std::mem::replace(&mut *phase, Phase::Idle) {
+            Phase::Held(Holding::Database { .. }) => {
+                if let Some(worker) = &self.worker {
+                    worker.unsettle();
+                }
+            }
             Phase::Held(holding) => give_back(holding),
             other => *phase = other,
+        }
+    }
+
+    /// Waits until a release or cancel has reached the lock itself, at most `within`: for
+    /// PostgreSQL, until the database holds nothing for this `Lock` any more (the next holder
+    /// then gets it without waiting for a lease to run out). At once for the other locks, whose
+    /// release is done when `release` returns. False if `within` ran out first.
+    ///
+    /// Call it before exiting after a release: a process that exits first leaves its lease to run
+    /// out by itself.
+    pub async fn settle(&self, within: Duration) -> bool {
+        match &self.worker {
+            Some(worker) => worker.settle(within).await,
+            None => true,
         }
     }
 
@@ -193,27 +309,44 @@ impl Drop for Lock {
     fn drop(&mut self) {
         self.cancel();
         self.release();
+        if let Some(worker) = &self.worker {
+            worker.close();
+        }
     }
 }
 
-/// Starts an acquisition from `Idle`; returns the phase it leads to.
+#[cfg(test)]
+impl Lock {
+    /// Vanishes like a killed process: the worker stops dead and its connection closes, without
+    /// releasing anything (a lease row stays until it expires).
+    async fn abandon(mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.abandon().await;
+        }
+        *lock(&self.phase) = Phase::Idle;
+    }
+}
+
+/// Starts an acquisition of a file lock or no lock from `Idle`; returns the phase it leads to.
 fn begin(
     spec: &LockSpec,
     me: HolderInfo,
     events: UnboundedSender<LockEvent>,
+    serial: u64,
     shared: &Arc<Mutex<Phase>>,
 ) -> Phase {
     let path = match spec {
         LockSpec::None => {
-            let _ = events.send(LockEvent::Granted);
+            let _ = events.send(LockEvent::Granted { epoch: None });
             return Phase::Held(Holding::Nothing);
         }
         LockSpec::File(path) => path,
+        LockSpec::Postgres(_) => unreachable!("the PostgreSQL worker acquires database locks"),
     };
     let file = match LockFile::try_lock(path) {
         Ok(TryLock::Got(file)) => {
             write_holder(&file, &me);
-            let _ = events.send(LockEvent::Granted);
+            let _ = events.send(LockEvent::Granted { epoch: None });
             return Phase::Held(Holding::File(file));
         }
         Ok(TryLock::Busy(file)) => file,
@@ -234,7 +367,7 @@ fn begin(
         .spawn(move || wait_for(file, &shared));
     match spawned {
         Ok(_) => Phase::Waiting {
-            want: Some(Want { me, events }),
+            want: Some(Want { me, events, serial }),
         },
         Err(err) => {
             let _ = events.send(LockEvent::Failed {
@@ -259,7 +392,7 @@ fn wait_for(file: LockFile, phase: &Mutex<Phase>) {
         (Ok(file), Some(want)) => {
             write_holder(&file, &want.me);
             *phase = Phase::Held(Holding::File(file));
-            let _ = want.events.send(LockEvent::Granted);
+            let _ = want.events.send(LockEvent::Granted { epoch: None });
         }
         (Ok(file), None) => {
             *phase = Phase::Idle;

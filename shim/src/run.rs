@@ -276,9 +276,20 @@ impl Shell {
                 info!(lock = %spec, "waiting for the lock {spec} (holder unknown)");
                 Ok(None)
             }
-            LockEvent::Granted => {
+            LockEvent::Granted { epoch: None } => {
                 info!(lock = %spec, "acquired the lock {spec}");
                 Ok(Some(Event::LockGranted))
+            }
+            LockEvent::Granted { epoch: Some(epoch) } => {
+                info!(lock = %spec, lock_epoch = epoch, "acquired the lock {spec} (epoch {epoch})");
+                Ok(Some(Event::LockGranted))
+            }
+            LockEvent::Lost { reason, kill_by } => {
+                // Until the gate learns to fence and wait again, a lost lock ends the shim: the
+                // engine is killed now, well before `kill_by`.
+                error!(lock = %spec, "lost the lock {spec}: {reason}; killing the engine (deadline in {:?})", kill_by.remaining());
+                self.children.values().for_each(ChildHandle::kill_now);
+                Err(anyhow::anyhow!("lost the lock {spec}: {reason}"))
             }
             LockEvent::Failed { error } => {
                 Err(anyhow::anyhow!("the lock {spec} cannot be used: {error}"))

@@ -10,6 +10,7 @@
 //!   each with a generous safety-net timeout. On a failing test the captured output of every
 //!   process is printed (on every test with `E2E_SHOW_OUTPUT=1`).
 #![allow(dead_code)] // each test binary uses its own subset of the harness
+pub mod pg;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -310,6 +311,19 @@ pub async fn wait_gone(pid: u32, what: &str) {
     }
 }
 
+/// Waits until `pred` holds, looking again every few milliseconds (for state with no event to
+/// await: /proc, flocks).
+pub async fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !pred() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {TIMEOUT:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// The exit code, or a panic naming the signal that ended the process.
 pub fn exit_code(status: ExitStatus) -> i32 {
     status
@@ -544,6 +558,11 @@ impl EngineEvent {
     pub fn start_hash(&self) -> Option<&str> {
         self.arg("start-hash")
     }
+
+    /// When fake-engine wrote the event (nanoseconds since the Unix epoch).
+    pub fn unix_nanos(&self) -> u128 {
+        self.raw["unix_nanos"].as_u64().unwrap_or(0) as u128
+    }
 }
 
 /// Every complete line of an event file so far.
@@ -618,9 +637,17 @@ pub struct ShimBuilder {
     pass_engine_version: bool,
     shim_args: Vec<String>,
     engine_args: Vec<String>,
+    lock: Option<String>,
 }
 
 impl ShimBuilder {
+    /// The `--lock` spec to pass instead of the default `file:<the shim's tempdir>/engine-shim.lock`
+    /// (a per-test lock, so concurrently running tests never wait for each other).
+    pub fn lock(mut self, spec: &str) -> Self {
+        self.lock = Some(spec.to_string());
+        self
+    }
+
     /// Extra flags for `engine-shim run` (before `--`).
     pub fn shim_args(mut self, args: &[&str]) -> Self {
         self.shim_args.extend(args.iter().map(|a| a.to_string()));
@@ -647,12 +674,17 @@ impl ShimBuilder {
         let data_dir = dir.path().join("data");
         fs::create_dir_all(&data_dir).unwrap();
         let engine = engine_script(dir.path(), &self.engine_version);
+        let lock_path = dir.path().join("engine-shim.lock");
+        let lock = self
+            .lock
+            .unwrap_or_else(|| format!("file:{}", lock_path.display()));
         let mut command = Command::new(bin("engine-shim"));
         command
             .arg("run")
             .args(["--node", &self.node_url, "--log-format", "json"])
             // Reconnect quickly in tests; production default is 30 s.
-            .args(["--reconnect-max", "1s"]);
+            .args(["--reconnect-max", "1s"])
+            .args(["--lock", &lock]);
         if self.pass_engine_version {
             command.args(["--engine-version", &self.engine_version]);
         }
@@ -671,18 +703,28 @@ impl ShimBuilder {
         Shim {
             proc,
             events,
-            dir,
+            dir: Arc::new(dir),
+            versions: vec![self.engine_version.clone()],
             engine_version: self.engine_version,
+            lock: Some(lock_path),
         }
     }
 }
 
-/// A running `engine-shim run` wrapping one fake-engine, with its log and the engine's events.
+/// A running `engine-shim run` wrapping one or more fake-engines, with its log and the engines'
+/// events.
 pub struct Shim {
     pub proc: Proc,
+    /// The events file; shared with the other shims of a [`Host`].
     pub events: PathBuf,
-    pub dir: tempfile::TempDir,
+    /// The directory holding the engine scripts, events, data and lock (shared within a [`Host`]).
+    pub dir: Arc<tempfile::TempDir>,
+    /// The first (for single-engine shims: the only) engine version.
     pub engine_version: String,
+    /// Every engine version this shim wraps.
+    pub versions: Vec<String>,
+    /// The lock file, when the shim was given `--lock file:PATH`.
+    pub lock: Option<PathBuf>,
 }
 
 impl Shim {
@@ -694,6 +736,7 @@ impl Shim {
             pass_engine_version: true,
             shim_args: Vec::new(),
             engine_args: Vec::new(),
+            lock: None,
         }
     }
 
@@ -800,17 +843,13 @@ impl Shim {
             .unwrap()
     }
 
-    /// Kills the shim, then every engine it started that may still run.
+    /// Kills the shim, then every engine of its versions that may still run (an events file shared
+    /// by several shims also lists the others' engines, which are left alone).
     pub fn kill_all(&mut self) {
         self.proc.kill();
         for event in self.engine_events() {
-            let is_engine = fs::read(format!("/proc/{}/cmdline", event.pid))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("fake-engine"));
-            if is_engine {
-                if let Some(pid) = Pid::from_raw(event.pid as i32) {
-                    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-                    let _ = rustix::process::kill_process(pid, Signal::KILL);
-                }
+            if self.versions.contains(&event.version) {
+                kill_engine(event.pid);
             }
         }
     }
@@ -828,11 +867,438 @@ impl Drop for Shim {
     }
 }
 
+/// SIGKILLs `pid` (and its group) if it is still a fake-engine; a reused pid is left alone.
+pub fn kill_engine(pid: u32) {
+    if !is_fake_engine(pid) {
+        return;
+    }
+    if let Some(pid) = Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+    }
+}
+
+/// True if `pid` runs fake-engine (guards against a pid the kernel has since reused).
+pub fn is_fake_engine(pid: u32) -> bool {
+    cmdline_contains(pid, "fake-engine")
+}
+
+/// True if the command line of `pid` contains `needle` (false for zombies: they have none).
+pub fn cmdline_contains(pid: u32, needle: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+}
+
 /// Starts a shim and waits until its engine has started; returns the shim and the start event.
 pub async fn shim_with_running_engine(builder: ShimBuilder) -> (Shim, EngineEvent) {
     let shim = builder.spawn();
     let start = shim.wait_event("start", 1).await;
     (shim, start)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One host, several engines and shims
+
+/// One machine as an operator sets it up: one data directory, one events file and one lock file
+/// shared by every engine version and every shim of a test — as two engine packages on a VPS share
+/// `data.db`. fake-engine's exclusive lock on the data directory turns any overlap into a
+/// `lock_failed` event, and the shared events file orders every life on one clock.
+pub struct Host {
+    pub dir: Arc<tempfile::TempDir>,
+    pub data_dir: PathBuf,
+    pub events: PathBuf,
+    /// The lock file every shim of this host is given (`--lock file:PATH`).
+    pub lock: PathBuf,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host::new()
+    }
+}
+
+impl Host {
+    pub fn new() -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        fs::create_dir_all(&data_dir).unwrap();
+        Host {
+            data_dir,
+            events: dir.path().join("events.jsonl"),
+            lock: dir.path().join("engine-shim.lock"),
+            dir: Arc::new(dir),
+        }
+    }
+
+    /// A shim on this host following `node`; add engines with [`HostShimBuilder::engine`].
+    pub fn shim(&self, node: &Node) -> HostShimBuilder {
+        HostShimBuilder {
+            node_url: node.url.clone(),
+            dir: self.dir.clone(),
+            data_dir: self.data_dir.clone(),
+            events: self.events.clone(),
+            lock_path: self.lock.clone(),
+            engines: Vec::new(),
+            versions: Vec::new(),
+            shim_args: Vec::new(),
+            lock: None,
+            shared_args: vec![
+                "start-block={block}".into(),
+                "start-hash={block_hash}".into(),
+            ],
+        }
+    }
+
+    /// Every engine event on this host so far.
+    pub fn events(&self) -> Vec<EngineEvent> {
+        read_events(&self.events)
+    }
+
+    /// Waits until the host's event list satisfies `pred`; returns it.
+    pub async fn wait_events(
+        &self,
+        what: &str,
+        pred: impl Fn(&[EngineEvent]) -> bool,
+    ) -> Vec<EngineEvent> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let events = self.events();
+            if pred(&events) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {TIMEOUT:?} waiting for {what}; engine events:\n{}",
+                describe_events(&events)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits for the `n`th (1-based) `event` (start, stop, crash…) of engine `version`.
+    pub async fn wait_event(&self, event: &str, version: &str, n: usize) -> EngineEvent {
+        let what = format!("event #{n} `{event}` of engine {version}");
+        let matches = |e: &&EngineEvent| e.event == event && e.version == version;
+        let events = self
+            .wait_events(&what, |events| events.iter().filter(matches).count() >= n)
+            .await;
+        events.iter().filter(matches).nth(n - 1).unwrap().clone()
+    }
+
+    /// Start events of this host's engines that still run (per /proc: zombies count as gone; a pid
+    /// the kernel has since given to another process, even another host's engine, does not count).
+    pub fn alive(&self) -> Vec<EngineEvent> {
+        let events = self.events.display().to_string();
+        alive_engines(&self.events())
+            .into_iter()
+            .filter(|e| cmdline_contains(e.pid, &events))
+            .collect()
+    }
+
+    /// Panics (listing the events) if any engine failed to lock the shared data directory, i.e. two
+    /// engines were alive on it at once.
+    pub fn assert_no_lock_failed(&self) {
+        let events = self.events();
+        assert!(
+            !events.iter().any(|e| e.event == "lock_failed"),
+            "an engine found the data directory locked by another one:\n{}",
+            describe_events(&events)
+        );
+    }
+
+    /// Panics if the events (plus moments the test saw an engine alive) prove two lives overlapped.
+    pub fn assert_lives_never_overlap(&self, seen_alive: &[(u32, u128)]) {
+        let events = self.events();
+        let overlaps = overlapping_lives(&events, seen_alive);
+        assert!(
+            overlaps.is_empty(),
+            "two engines were alive at once: {overlaps:#?}\nevents:\n{}",
+            describe_events(&events)
+        );
+    }
+
+    /// True if nobody holds the host's lock file (checked with a non-blocking flock that is
+    /// released at once, so no shim ever waits for the test).
+    pub fn lock_is_free(&self) -> bool {
+        lock_is_free(&self.lock)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for event in self.events() {
+            kill_engine(event.pid);
+        }
+        if std::thread::panicking() || show_output() {
+            eprintln!(
+                "----- engine events of the host -----\n{}",
+                describe_events(&self.events())
+            );
+        }
+    }
+}
+
+/// True if nobody holds an flock on `path` (a missing file is free).
+pub fn lock_is_free(path: &Path) -> bool {
+    let Ok(file) = fs::OpenOptions::new().read(true).open(path) else {
+        return true;
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// How to start a shim on a [`Host`] with one or more engines.
+pub struct HostShimBuilder {
+    node_url: String,
+    dir: Arc<tempfile::TempDir>,
+    data_dir: PathBuf,
+    events: PathBuf,
+    lock_path: PathBuf,
+    engines: Vec<String>,
+    versions: Vec<String>,
+    shim_args: Vec<String>,
+    lock: Option<String>,
+    shared_args: Vec<String>,
+}
+
+impl HostShimBuilder {
+    /// Adds `--engine VERSION=CMD` for a fake-engine of `version` on the host's data dir and events.
+    pub fn engine(self, version: &str) -> Self {
+        self.engine_with(version, &[])
+    }
+
+    /// As [`Self::engine`], with extra fake-engine flags (`--shutdown-delay 500ms`, `--ignore-term`).
+    pub fn engine_with(mut self, version: &str, flags: &[&str]) -> Self {
+        let program = bin("fake-engine");
+        let mut words = vec![
+            program.display().to_string(),
+            "--as-version".into(),
+            version.into(),
+        ];
+        words.extend(self.host_flags(flags));
+        self.engines
+            .push(format!("{version}={}", shell_words(&words)));
+        self.versions.push(version.to_string());
+        self
+    }
+
+    /// Adds `--engine CMD` without a version: the shim learns it from `CMD --version` (CMD is a
+    /// script that runs fake-engine as `version`).
+    pub fn probed_engine(mut self, version: &str, flags: &[&str]) -> Self {
+        let script = self.dir.path().join(format!("engine-{version}"));
+        // Written once: rewriting a script another shim may be executing fails with ETXTBSY.
+        if !script.exists() {
+            engine_script(self.dir.path(), version);
+        }
+        let mut words = vec![script.display().to_string()];
+        words.extend(self.host_flags(flags));
+        self.engines.push(shell_words(&words));
+        self.versions.push(version.to_string());
+        self
+    }
+
+    fn host_flags(&self, flags: &[&str]) -> Vec<String> {
+        let mut words = vec![
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+            "--events".to_string(),
+            self.events.display().to_string(),
+        ];
+        words.extend(flags.iter().map(|f| f.to_string()));
+        words
+    }
+
+    /// Extra flags for `engine-shim run` (e.g. `--grace 300ms`).
+    pub fn shim_args(mut self, args: &[&str]) -> Self {
+        self.shim_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The `--lock` spec instead of the default `file:<host lock>`.
+    pub fn lock(mut self, spec: &str) -> Self {
+        self.lock = Some(spec.to_string());
+        self
+    }
+
+    /// The `engine-shim run` command line this builder stands for.
+    pub fn command(&self) -> Command {
+        let lock = self
+            .lock
+            .clone()
+            .unwrap_or_else(|| format!("file:{}", self.lock_path.display()));
+        let mut command = Command::new(bin("engine-shim"));
+        command
+            .arg("run")
+            .args(["--node", &self.node_url, "--log-format", "json"])
+            .args(["--reconnect-max", "1s"])
+            .args(["--lock", &lock]);
+        for engine in &self.engines {
+            command.arg("--engine").arg(engine);
+        }
+        command
+            .args(&self.shim_args)
+            .arg("--")
+            .args(&self.shared_args)
+            .env_remove("RUST_LOG");
+        command
+    }
+
+    /// Starts `engine-shim run --log-format json --lock file:<host lock> --engine … -- start-block={block}
+    /// start-hash={block_hash}`.
+    pub fn spawn(self) -> Shim {
+        assert!(!self.engines.is_empty(), "a shim needs at least one engine");
+        let name = format!("engine-shim[{}]", self.versions.join(","));
+        let proc = Proc::spawn(&name, self.command());
+        Shim {
+            proc,
+            events: self.events,
+            dir: self.dir,
+            engine_version: self.versions[0].clone(),
+            versions: self.versions,
+            lock: if self.lock.is_none() {
+                Some(self.lock_path)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// Joins words into one shell-like command string, single-quoting each word that needs it.
+pub fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|word| {
+            let plain = !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%{}".contains(c));
+            if plain {
+                word.clone()
+            } else {
+                format!("'{}'", word.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Start events of engines that still run (per /proc; zombies and reused pids count as gone).
+pub fn alive_engines(events: &[EngineEvent]) -> Vec<EngineEvent> {
+    let ended: Vec<u32> = events
+        .iter()
+        .filter(|e| e.event == "stop" || e.event == "crash")
+        .map(|e| e.pid)
+        .collect();
+    events
+        .iter()
+        .filter(|e| e.event == "start" && !ended.contains(&e.pid))
+        .filter(|e| !is_gone(e.pid) && is_fake_engine(e.pid))
+        .cloned()
+        .collect()
+}
+
+/// Engine lives that provably overlapped. A life runs from its `start` event to the latest moment
+/// it is known to have been alive: its `stop`/`crash` event (written while it still holds the data
+/// directory) or a moment the test saw the pid alive (`seen_alive`: pid, unix nanos taken *before*
+/// looking). Lives whose end is unknown (killed unseen) count as ending at their start, so the check
+/// never accuses wrongly; fake-engine's `lock_failed` covers those.
+pub fn overlapping_lives(events: &[EngineEvent], seen_alive: &[(u32, u128)]) -> Vec<String> {
+    struct Life {
+        pid: u32,
+        version: String,
+        start: u128,
+        last_alive: u128,
+    }
+    let mut lives: Vec<Life> = events
+        .iter()
+        .filter(|e| e.event == "start")
+        .map(|e| Life {
+            pid: e.pid,
+            version: e.version.clone(),
+            start: e.unix_nanos(),
+            last_alive: e.unix_nanos(),
+        })
+        .collect();
+    for life in &mut lives {
+        let ends = events
+            .iter()
+            .filter(|e| e.pid == life.pid && (e.event == "stop" || e.event == "crash"))
+            .map(EngineEvent::unix_nanos);
+        let seen = seen_alive
+            .iter()
+            .filter(|(pid, _)| *pid == life.pid)
+            .map(|(_, at)| *at);
+        life.last_alive = ends
+            .chain(seen)
+            .filter(|&at| at >= life.start)
+            .fold(life.last_alive, u128::max);
+    }
+    lives.sort_by_key(|l| l.start);
+    let mut overlaps = Vec::new();
+    for (i, earlier) in lives.iter().enumerate() {
+        for later in &lives[i + 1..] {
+            if earlier.last_alive > later.start {
+                overlaps.push(format!(
+                    "engine {} (pid {}) was alive {} µs after engine {} (pid {}) started",
+                    earlier.version,
+                    earlier.pid,
+                    (earlier.last_alive - later.start) / 1000,
+                    later.version,
+                    later.pid
+                ));
+            }
+        }
+    }
+    overlaps
+}
+
+/// `(pid, t)` for each of `pids` that runs now, `t` taken before looking (see [`overlapping_lives`]).
+pub fn sample_alive(pids: impl IntoIterator<Item = u32>) -> Vec<(u32, u128)> {
+    let now = unix_nanos_now();
+    pids.into_iter()
+        .filter(|&pid| !is_gone(pid) && is_fake_engine(pid))
+        .map(|pid| (pid, now))
+        .collect()
+}
+
+pub fn unix_nanos_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock before 1970")
+        .as_nanos()
+}
+
+/// One line per event, times relative to the first, for failure messages.
+pub fn describe_events(events: &[EngineEvent]) -> String {
+    let first = events
+        .iter()
+        .map(EngineEvent::unix_nanos)
+        .min()
+        .unwrap_or(0);
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "+{:>9.3} ms {:<11} {} pid {} args {:?}{}",
+                (e.unix_nanos().saturating_sub(first)) as f64 / 1e6,
+                e.event,
+                e.version,
+                e.pid,
+                e.args,
+                e.raw
+                    .get("error")
+                    .map(|err| format!(" error: {err}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,6 +18,12 @@ pub struct HolderInfo {
     pub engine_version: String,
     /// When the holder got the lock (or, before that, asked for it), in wall-clock milliseconds.
     pub since_unix_ms: u64,
+    /// The lease's epoch (PostgreSQL lease and dual locks): it grows with every change of holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// When the holder's lease runs out unless renewed, by the database's clock (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl HolderInfo {
@@ -31,11 +37,14 @@ impl HolderInfo {
             since_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64),
+            epoch: None,
+            expires_at: None,
         }
     }
 }
 
-/// `pid 1234 on host-a, engine 1.0.0, since 2026-11-22T10:00:00Z`: the words a waiting line uses.
+/// `pid 1234 on host-a, engine 1.0.0, since 2026-11-22T10:00:00Z`, then `, epoch 7, lease until
+/// 2026-11-22T10:00:05.250Z` when known: the words a waiting line uses.
 impl fmt::Display for HolderInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let since = UNIX_EPOCH + Duration::from_millis(self.since_unix_ms);
@@ -46,7 +55,14 @@ impl fmt::Display for HolderInfo {
             self.host,
             self.engine_version,
             humantime::format_rfc3339_seconds(since)
-        )
+        )?;
+        if let Some(epoch) = self.epoch {
+            write!(f, ", epoch {epoch}")?;
+        }
+        if let Some(expires_at) = &self.expires_at {
+            write!(f, ", lease until {expires_at}")?;
+        }
+        Ok(())
     }
 }
 
@@ -62,10 +78,29 @@ mod tests {
             engine_version: "1.0.0".into(),
             // 2026-11-22T10:00:00.750Z: milliseconds are cut, not rounded.
             since_unix_ms: 1_795_341_600_750,
+            epoch: None,
+            expires_at: None,
         };
         assert_eq!(
             holder.to_string(),
             "pid 1234 on host-a, engine 1.0.0, since 2026-11-22T10:00:00Z"
+        );
+    }
+
+    #[test]
+    fn display_adds_the_epoch_and_expiry_when_known() {
+        let holder = HolderInfo {
+            pid: 1234,
+            host: "host-a".into(),
+            engine_version: "1.0.0".into(),
+            since_unix_ms: 1_795_341_600_750,
+            epoch: Some(7),
+            expires_at: Some("2026-11-22T10:00:05.250Z".into()),
+        };
+        assert_eq!(
+            holder.to_string(),
+            "pid 1234 on host-a, engine 1.0.0, since 2026-11-22T10:00:00Z, epoch 7, lease until \
+             2026-11-22T10:00:05.250Z"
         );
     }
 
@@ -76,13 +111,26 @@ mod tests {
             host: "validator-1".into(),
             engine_version: "1.1.0".into(),
             since_unix_ms: 42,
+            epoch: None,
+            expires_at: None,
         };
+        // What the file lock writes, and what shims from before epochs existed wrote, unchanged.
         let json = serde_json::to_string(&holder).unwrap();
         assert_eq!(
             json,
             r#"{"pid":7,"host":"validator-1","engine_version":"1.1.0","since_unix_ms":42}"#
         );
         assert_eq!(serde_json::from_str::<HolderInfo>(&json).unwrap(), holder);
+        let with_epoch = HolderInfo {
+            epoch: Some(3),
+            expires_at: Some("2026-11-22T10:00:05Z".into()),
+            ..holder
+        };
+        let json = serde_json::to_string(&with_epoch).unwrap();
+        assert_eq!(
+            serde_json::from_str::<HolderInfo>(&json).unwrap(),
+            with_epoch
+        );
     }
 
     #[test]

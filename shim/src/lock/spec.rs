@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use super::pg_config::{PgLockConfig, PgOptions, PASSWORD_ENV, PASSWORD_FILE_ENV};
+
 /// Chainflip engine's default `--config-root`: the directory both engine packages on a host share.
 pub const DEFAULT_CONFIG_ROOT: &str = "/etc/chainflip";
 
@@ -20,6 +22,8 @@ pub enum LockSpec {
     None,
     /// An flock on this file; every shim that shares a data directory must name the same file.
     File(PathBuf),
+    /// A lock in a PostgreSQL database, for shims on several hosts (primary and secondary).
+    Postgres(Box<PgLockConfig>),
 }
 
 impl LockSpec {
@@ -35,6 +39,40 @@ impl LockSpec {
             .or_else(|| config_root(engine_args))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_ROOT));
         LockSpec::File(dir.join(LOCK_FILE_NAME))
+    }
+
+    /// Parses a `--lock` value; a PostgreSQL URL takes the mode, name, timings and password from
+    /// `options` (the `--lock-mode`, `--lock-name`, `--lease`, `--renew` flags, their config keys,
+    /// and [`super::Password::from_env`]). `none` and `file:PATH` ignore `options`.
+    pub fn parse_with(text: &str, options: &PgOptions) -> Result<LockSpec, LockSpecError> {
+        let text = text.trim();
+        if text == "none" {
+            return Ok(LockSpec::None);
+        }
+        if let Some(path) = text.strip_prefix("file:") {
+            return match path {
+                "" => Err(LockSpecError::EmptyPath),
+                path => Ok(LockSpec::File(PathBuf::from(path))),
+            };
+        }
+        if is_postgres_url(text) {
+            return PgLockConfig::new(text, options)
+                .map(|config| LockSpec::Postgres(Box::new(config)));
+        }
+        Err(LockSpecError::Unknown(shown_safely(text)))
+    }
+}
+
+fn is_postgres_url(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+/// An unrecognised `--lock` value as an error may repeat it: a URL-like value is cut to its
+/// scheme, since what follows may hold a password.
+fn shown_safely(text: &str) -> String {
+    match text.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://…"),
+        None => text.to_string(),
     }
 }
 
@@ -56,48 +94,70 @@ fn config_root(args: &[String]) -> Option<PathBuf> {
     None
 }
 
-/// Why a `--lock` value was refused; the message lists the accepted forms.
+/// Why a `--lock` value (or a PostgreSQL lock option) was refused; each message names the fix.
+/// None of them repeats a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LockSpecError {
-    /// A PostgreSQL URL. The URL itself is not repeated: it may carry a password.
-    #[error("PostgreSQL locks are not supported yet: use --lock file:PATH or --lock none")]
-    PostgresNotSupported,
     #[error(
         "lock `file:` names no path: use file:PATH, e.g. file:/etc/chainflip/engine-shim.lock"
     )]
     EmptyPath,
-    #[error("unknown lock `{0}`: use `none` or `file:PATH`")]
+    #[error("unknown lock `{0}`: use `none`, `file:PATH` or `postgres://USER@HOST:PORT/DATABASE`")]
     Unknown(String),
+    /// The URL itself is not repeated: it carries the password.
+    #[error(
+        "the PostgreSQL URL contains a password, which any local user could read with `ps`: \
+         remove it from the URL and put it in {PASSWORD_ENV}, or in a file named by \
+         {PASSWORD_FILE_ENV}"
+    )]
+    PasswordInUrl,
+    #[error("invalid PostgreSQL lock URL: {0}: use postgres://USER@HOST:PORT/DATABASE")]
+    BadPostgresUrl(String),
+    #[error(
+        "the PostgreSQL lock does not speak TLS (sslmode=require): reach the database over a \
+         private network, a unix socket or a tunnel, and drop sslmode=require"
+    )]
+    TlsNotSupported,
+    #[error("unknown lock mode `{0}`: use lease, advisory or dual")]
+    UnknownMode(String),
+    #[error("invalid lock name: {0}: use a short label such as `engine-shim` or `validator-1`")]
+    BadLockName(String),
+    /// `--lease` / `--renew` out of bounds; the message says which bound.
+    #[error("{0}")]
+    BadTiming(String),
+    #[error("cannot read the database password from {}: {error}", path.display())]
+    PasswordFile { path: PathBuf, error: String },
+    #[error("both {PASSWORD_ENV} and {PASSWORD_FILE_ENV} are set: keep only one")]
+    PasswordTwice,
+    #[error("{PASSWORD_ENV} is not valid UTF-8")]
+    PasswordNotUtf8,
 }
 
 impl FromStr for LockSpec {
     type Err = LockSpecError;
 
-    /// `none` or `file:PATH` (PATH absolute, or relative to the shim's working directory).
+    /// `none`, `file:PATH` (PATH absolute, or relative to the shim's working directory), or a
+    /// PostgreSQL URL with the default options and the password from the environment (use
+    /// [`LockSpec::parse_with`] to pass options).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s == "none" {
-            return Ok(LockSpec::None);
-        }
-        if let Some(path) = s.strip_prefix("file:") {
-            return match path {
-                "" => Err(LockSpecError::EmptyPath),
-                path => Ok(LockSpec::File(PathBuf::from(path))),
-            };
-        }
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            return Err(LockSpecError::PostgresNotSupported);
-        }
-        Err(LockSpecError::Unknown(s.to_string()))
+        let options = if is_postgres_url(s.trim()) {
+            PgOptions::from_env()?
+        } else {
+            PgOptions::default()
+        };
+        LockSpec::parse_with(s, &options)
     }
 }
 
-/// The same text [`FromStr`] accepts, so a logged spec can be pasted back as `--lock`.
+/// For `none` and `file:`, the same text [`FromStr`] accepts, so a logged spec can be pasted back
+/// as `--lock`; for PostgreSQL, the URL (which holds no password) followed by the lock's mode,
+/// name and timings.
 impl fmt::Display for LockSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LockSpec::None => f.write_str("none"),
             LockSpec::File(path) => write!(f, "file:{}", path.display()),
+            LockSpec::Postgres(config) => config.fmt(f),
         }
     }
 }
@@ -129,23 +189,44 @@ mod tests {
         let err = "/var/lock/engine.lock".parse::<LockSpec>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown lock `/var/lock/engine.lock`: use `none` or `file:PATH`"
+            "unknown lock `/var/lock/engine.lock`: use `none`, `file:PATH` or \
+             `postgres://USER@HOST:PORT/DATABASE`"
         );
         assert!("NONE".parse::<LockSpec>().is_err());
     }
 
     #[test]
-    fn postgres_is_not_supported_yet_and_its_password_is_not_echoed() {
+    fn a_misspelt_url_is_not_echoed_past_its_scheme() {
+        let err = "postgress://shim:secret@db/locks"
+            .parse::<LockSpec>()
+            .unwrap_err();
+        assert_eq!(err, LockSpecError::Unknown("postgress://…".into()));
+        assert!(!err.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn postgres_urls_take_the_options_and_refuse_a_password() {
+        let options = PgOptions {
+            name: "validator-7".into(),
+            ..PgOptions::default()
+        };
+        match LockSpec::parse_with(" postgres://shim@db:5432/locks ", &options) {
+            Ok(LockSpec::Postgres(config)) => {
+                assert_eq!(config.url(), "postgres://shim@db:5432/locks");
+                assert_eq!(config.name(), "validator-7");
+            }
+            other => panic!("expected a PostgreSQL lock, got {other:?}"),
+        }
         for url in [
             "postgres://shim:secret@db/locks",
             "postgresql://shim:secret@db/locks",
         ] {
-            let err = url.parse::<LockSpec>().unwrap_err();
-            assert_eq!(err, LockSpecError::PostgresNotSupported);
-            let message = err.to_string();
-            assert!(message.contains("not supported yet"), "{message}");
-            assert!(!message.contains("secret"), "{message}");
+            let err = LockSpec::parse_with(url, &options).unwrap_err();
+            assert_eq!(err, LockSpecError::PasswordInUrl);
+            assert!(!err.to_string().contains("secret"));
         }
+        // The options mean nothing to the other locks.
+        assert_eq!(LockSpec::parse_with("none", &options), Ok(LockSpec::None));
     }
 
     #[test]

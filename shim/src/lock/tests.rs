@@ -19,6 +19,8 @@ fn holder(pid: u32, version: &str) -> HolderInfo {
         host: "host-a".into(),
         engine_version: version.into(),
         since_unix_ms: 1_795_341_600_000,
+        epoch: None,
+        expires_at: None,
     }
 }
 
@@ -41,7 +43,7 @@ async fn granted(lock: &mut Lock, me: HolderInfo) {
     if let Some(LockEvent::Waiting { .. }) = event {
         event = next(&mut rx).await;
     }
-    assert_eq!(event, Some(LockEvent::Granted));
+    assert_eq!(event, Some(LockEvent::Granted { epoch: None }));
     assert!(lock.is_held());
 }
 
@@ -67,7 +69,10 @@ async fn second_shim_waits_naming_the_holder_and_is_granted_when_it_releases() {
     let mut first = lock_at(&path);
     let (tx, mut first_events) = channel();
     first.acquire(old.clone(), tx);
-    assert_eq!(next(&mut first_events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut first_events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
     // One acquisition, one grant: the sender is gone afterwards.
     assert_eq!(next(&mut first_events).await, None);
     assert!(first.is_held());
@@ -84,7 +89,10 @@ async fn second_shim_waits_naming_the_holder_and_is_granted_when_it_releases() {
 
     first.release();
     assert!(!first.is_held());
-    assert_eq!(next(&mut second_events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut second_events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
     assert_eq!(next(&mut second_events).await, None);
     assert!(second.is_held());
     assert_eq!(holder_in_file(&path), Some(new.clone()));
@@ -97,7 +105,10 @@ async fn second_shim_waits_naming_the_holder_and_is_granted_when_it_releases() {
         Some(LockEvent::Waiting { holder: Some(new) })
     );
     second.release();
-    assert_eq!(next(&mut first_events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut first_events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
 }
 
 #[tokio::test]
@@ -173,7 +184,10 @@ async fn acquiring_again_after_a_cancel_gets_exactly_one_grant() {
         })
     );
     holder_lock.release();
-    assert_eq!(next(&mut events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
     assert_eq!(next(&mut events).await, None);
     assert_eq!(next(&mut cancelled).await, None);
     assert!(waiter.is_held());
@@ -190,7 +204,10 @@ async fn a_cancel_after_the_grant_was_sent_keeps_the_lock_so_the_grant_stays_tru
     // The lock was free, so Granted is already in the channel, not yet received.
     lock.cancel();
     assert!(lock.is_held());
-    assert_eq!(next(&mut events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
 
     let mut other = lock_at(&path);
     let (tx, mut other_events) = channel();
@@ -201,7 +218,10 @@ async fn a_cancel_after_the_grant_was_sent_keeps_the_lock_so_the_grant_stays_tru
     ));
     // The receiver no longer wanted it: it gives it back, and the other side goes on.
     lock.release();
-    assert_eq!(next(&mut other_events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut other_events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
 }
 
 #[tokio::test]
@@ -226,7 +246,10 @@ async fn acquire_while_held_or_acquiring_is_a_no_op() {
     assert_eq!(next(&mut again).await, None);
 
     first.release();
-    assert_eq!(next(&mut waiting).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut waiting).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
 }
 
 #[tokio::test]
@@ -242,7 +265,10 @@ async fn dropping_a_lock_releases_it() {
         Some(LockEvent::Waiting { .. })
     ));
     drop(first);
-    assert_eq!(next(&mut events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
 }
 
 #[tokio::test]
@@ -251,7 +277,7 @@ async fn no_lock_is_granted_at_once() {
     assert_eq!(lock.spec(), &LockSpec::None);
     let (tx, mut events) = channel();
     lock.acquire(HolderInfo::me("1.0.0"), tx);
-    assert_eq!(events.try_recv(), Ok(LockEvent::Granted));
+    assert_eq!(events.try_recv(), Ok(LockEvent::Granted { epoch: None }));
     assert!(lock.is_held());
     lock.release();
     assert!(!lock.is_held());
@@ -315,7 +341,10 @@ async fn a_waiter_whose_file_was_deleted_locks_the_file_now_at_the_path() {
     // The waiter's old file is let go: it must not count as the lock, the fresh file does.
     old_file_holder.release();
     new_file_holder.release();
-    assert_eq!(next(&mut events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
     let mut late = lock_at(&path);
     let (tx, mut late_events) = channel();
     late.acquire(holder(4, "1.3.0"), tx);
@@ -395,7 +424,10 @@ async fn a_lock_held_by_a_killed_process_is_granted_at_once() {
 
     // SIGKILL: no clean-up runs in the holder; the kernel drops its flock as the process dies.
     other_shim.start_kill().unwrap();
-    assert_eq!(next(&mut events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
     assert!(lock.is_held());
     assert_eq!(
         holder_in_file(&path),
@@ -435,7 +467,10 @@ async fn an_engine_sharing_the_lock_keeps_it_until_it_is_dead_too() {
     ));
 
     engine.start_kill().unwrap();
-    assert_eq!(next(&mut events).await, Some(LockEvent::Granted));
+    assert_eq!(
+        next(&mut events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
     engine.wait().await.unwrap();
 }
 
