@@ -174,7 +174,11 @@ impl Plan {
             .map(|_| match rng.below(100) {
                 0..=29 => {
                     let release = release(&mut rng);
-                    let pause = if rng.percent(50) { 0 } else { rng.between(10, 200) };
+                    let pause = if rng.percent(50) {
+                        0
+                    } else {
+                        rng.between(10, 200)
+                    };
                     Op::Flip(release, pause)
                 }
                 30..=39 => Op::Build(rng.between(1, 3)),
@@ -641,7 +645,10 @@ fn overlap_check_accuses_only_proven_overlaps() {
     // Seen alive before it stopped, or before the next start: no overlap either.
     assert!(common::overlapping_lives(&handed_over, &[(10, 150), (11, 250)]).is_empty());
     // Seen alive after the next engine started: an overlap, even without a stop event.
-    let killed = [event("start", "1.0.0", 10, 100), event("start", "1.1.0", 11, 300)];
+    let killed = [
+        event("start", "1.0.0", 10, 100),
+        event("start", "1.1.0", 11, 300),
+    ];
     assert!(common::overlapping_lives(&killed, &[]).is_empty());
     assert_eq!(common::overlapping_lives(&killed, &[(10, 301)]).len(), 1);
     // A stop written after the next start: an overlap.

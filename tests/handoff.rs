@@ -50,7 +50,9 @@ async fn hand_off_moves_the_engine_to_the_waiting_instance_and_back() {
 
     // After its stand-by the primary waits for the lock again; hand back with SIGUSR1.
     let mark = primary.mark();
-    primary.wait_message(mark, &["stand-by after the hand-off is over"]).await;
+    primary
+        .wait_message(mark, &["stand-by after the hand-off is over"])
+        .await;
     let pid = secondary.proc.pid().to_string();
     let (code, answer) = hand_off(&["--pid", &pid]).await;
     assert_eq!(code, 0, "{answer}");
@@ -68,7 +70,10 @@ async fn hand_off_without_a_running_instance_is_a_clear_error() {
     let socket = dir.path().join("nobody.sock").display().to_string();
     let (code, answer) = hand_off(&["--control-socket", &socket]).await;
     assert_eq!(code, 1);
-    assert!(answer.contains("is it running with --control-socket"), "{answer}");
+    assert!(
+        answer.contains("is it running with --control-socket"),
+        "{answer}"
+    );
     let (code, _) = hand_off(&[]).await;
     assert_eq!(code, 2, "naming no instance is a usage error");
 }
@@ -81,6 +86,7 @@ async fn sigusr1_on_an_idle_instance_just_stands_by() {
     idle.wait_message(0, &["WAITING for a compatible release version"])
         .await;
     idle.proc.signal(Signal::USR1);
-    idle.wait_message(0, &["handed off: no engine runs here"]).await;
+    idle.wait_message(0, &["handed off: no engine runs here"])
+        .await;
     assert!(host.events().is_empty());
 }

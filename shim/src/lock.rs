@@ -42,8 +42,12 @@
 //! 5 s, renew 1 s) a holder whose renewals stop gives up 2.5 s after its last good renewal was
 //! sent and must have killed its engine by 4 s, while the database keeps the lease until at
 //! least 5 s (see `fence.rs`). A `Lost` received late (the whole process was frozen) has a
-//! `kill_by` in the past: kill at once. Any event sent before a `Lost` is older than it: since a
-//! `Lost` ends its grant, a `Lost` received while the loop is not holding the lock is stale.
+//! `kill_by` in the past: kill at once. Events arrive in the order they were sent and a `Lost`
+//! only follows its own `Granted`, so a `Lost` that arrives while the loop does not count the lock
+//! as held (it released it, or is acquiring anew) belongs to an earlier grant: ignore it.
+//!
+//! Before exiting after a release, await [`Lock::settle`]: a PostgreSQL lock is given back by its
+//! worker, and a process that exits first leaves its lease to run out instead of handing over.
 //!
 //! # Shared with the engine
 //! When a process dies the kernel closes its files (dropping its flock) *before* its children get

@@ -417,7 +417,8 @@ impl Task {
                 humantime::format_duration(held.fence.lease / 2)
             ),
             None => format!(
-                "no renewal succeeded within {} (was this process paused?)",
+                "no renewal succeeded within {} (the database did not answer in time, or this \
+                 process was paused)",
                 humantime::format_duration(held.fence.lease / 2)
             ),
         };
@@ -721,32 +722,37 @@ impl Db {
         }
     }
 
-    /// Gives back what is held, now; what cannot be given back goes with the session.
+    /// Gives back what is held, now; what cannot be given back goes with the session (an
+    /// advisory lock) or runs out by itself (a lease).
     async fn release(&mut self) {
         let budget = self.query_budget();
         let (lease, advisory) = (self.lease.clone(), self.advisory);
-        let mut clean = true;
-        if let Some(conn) = self.conn.as_mut().filter(|c| c.closed_reason().is_none()) {
-            if let (Some(lease), true) = (&lease, self.holds_lease) {
-                if let Err(err) = within(budget, "releasing the lease", lease.release(conn)).await {
-                    tracing::warn!(
-                        lock = %self.config,
-                        "cannot release the lease ({}): it runs out by itself within {}",
-                        err.message, humantime::format_duration(self.config.lease())
-                    );
-                    clean = false;
-                }
-            }
-            if let (Some(advisory), true, true) = (advisory, self.holds_advisory, clean) {
-                clean = within(budget, "releasing the advisory lock", advisory.unlock(conn))
-                    .await
-                    .is_ok();
+        if let (Some(lease), true) = (&lease, self.holds_lease) {
+            // Over a new session if the old one is gone: this is what makes a hand-off quick.
+            let released = match self.connection().await {
+                Ok(conn) => within(budget, "releasing the lease", lease.release(conn)).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = released {
+                tracing::warn!(
+                    lock = %self.config,
+                    "cannot release the lease ({}): it runs out by itself within {}",
+                    err.message, humantime::format_duration(self.config.lease())
+                );
             }
         }
         self.holds_lease = false;
-        if !clean || self.holds_advisory {
-            // Closing the session frees the advisory lock whatever state the session is in.
-            self.forget_session();
+        if let (Some(advisory), true) = (advisory, self.holds_advisory) {
+            let unlocked = match self.conn.as_mut() {
+                Some(conn) => within(budget, "releasing the advisory lock", advisory.unlock(conn))
+                    .await
+                    .is_ok(),
+                None => true,
+            };
+            if !unlocked {
+                // Closing the session frees the advisory lock whatever state the session is in.
+                self.forget_session();
+            }
         }
         self.holds_advisory = false;
     }
