@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::EngineList;
+use crate::lock::LockMode;
 use crate::storage_key::StorageKey;
 use crate::telemetry::LogFormat;
 use crate::version::{Rule, SemVer};
@@ -24,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Wrap an engine: run it while the on-chain release is compatible, idle it otherwise.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Ask once whether an engine is compatible with the chain; the answer is the exit code.
     Check(CheckArgs),
     /// Ask a running instance to stop its engine, give the lock back and stand by, so another
@@ -140,6 +141,19 @@ pub struct RunArgs {
     /// Directory of the default lock file (see --lock).
     #[arg(long, env = "ENGINE_SHIM_LOCK_DIR", value_name = "DIR")]
     pub lock_dir: Option<PathBuf>,
+    /// PostgreSQL lock: `lease` (a row renewed with the database's clock), `advisory` (a session
+    /// advisory lock) or `dual` (both) [default: lease]
+    #[arg(long, env = "ENGINE_SHIM_LOCK_MODE", value_enum)]
+    pub lock_mode: Option<LockMode>,
+    /// PostgreSQL lock: which lock in the database, so validators can share one [default: engine-shim]
+    #[arg(long, env = "ENGINE_SHIM_LOCK_NAME", value_name = "NAME")]
+    pub lock_name: Option<String>,
+    /// PostgreSQL lease lock: how long one renewal holds it [default: 5s]
+    #[arg(long, env = "ENGINE_SHIM_LEASE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lease: Option<Duration>,
+    /// PostgreSQL lock: how often the holder renews (at most half the lease) [default: 1s]
+    #[arg(long, env = "ENGINE_SHIM_RENEW", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub renew: Option<Duration>,
     /// After a hand-off (SIGUSR1 or `engine-shim handoff`), ask for no lock for this long, so
     /// another instance takes over [default: 30s]
     #[arg(long, env = "ENGINE_SHIM_STANDBY", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -277,6 +291,8 @@ mod tests {
             ("wait_log_every", "60s", config::DEFAULT_WAIT_LOG_EVERY),
             ("reconnect_max", "30s", config::DEFAULT_RECONNECT_MAX),
             ("standby", "30s", config::DEFAULT_STANDBY),
+            ("lease", "5s", crate::lock::DEFAULT_LEASE),
+            ("renew", "1s", crate::lock::DEFAULT_RENEW),
         ] {
             assert!(help(id).ends_with(&format!("[default: {text}]")), "{id}");
             assert_eq!(humantime::parse_duration(text).unwrap(), value, "{id}");

@@ -18,6 +18,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::cli::RunArgs;
+use crate::lock::{LockMode, DEFAULT_LEASE, DEFAULT_LOCK_NAME, DEFAULT_RENEW};
 use crate::storage_key::StorageKey;
 use crate::telemetry::LogFormat;
 use crate::version::{Compatibility, Rule, SemVer};
@@ -54,6 +55,13 @@ pub struct RunConfig {
     pub lock_dir: Option<PathBuf>,
     pub standby: Duration,
     pub control_socket: Option<PathBuf>,
+    /// Options of a PostgreSQL lock (ignored by the other kinds); the password is read later, from
+    /// the environment or `lock_password_file`, never from flags.
+    pub lock_mode: LockMode,
+    pub lock_name: String,
+    pub lease: Duration,
+    pub renew: Duration,
+    pub lock_password_file: Option<PathBuf>,
     /// At least one engine, in the order given.
     pub engines: Vec<EngineCommand>,
 }
@@ -192,6 +200,13 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration")]
     pub standby: Option<Duration>,
     pub control_socket: Option<PathBuf>,
+    pub lock_mode: Option<LockMode>,
+    pub lock_name: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub lease: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub renew: Option<Duration>,
+    pub lock_password_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "version")]
     pub engine_version: Option<SemVer>,
     #[serde(default)]
@@ -278,6 +293,14 @@ impl RunArgs {
             lock_dir: self.lock_dir.or(file.lock_dir),
             standby: self.standby.or(file.standby).unwrap_or(DEFAULT_STANDBY),
             control_socket: self.control_socket.or(file.control_socket),
+            lock_mode: self.lock_mode.or(file.lock_mode).unwrap_or_default(),
+            lock_name: self
+                .lock_name
+                .or(file.lock_name)
+                .unwrap_or_else(|| DEFAULT_LOCK_NAME.to_string()),
+            lease: self.lease.or(file.lease).unwrap_or(DEFAULT_LEASE),
+            renew: self.renew.or(file.renew).unwrap_or(DEFAULT_RENEW),
+            lock_password_file: file.lock_password_file,
             engines,
         })
     }

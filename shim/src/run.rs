@@ -17,7 +17,7 @@ use crate::config::{validate_engines, RunConfig};
 use crate::control::{self, HandOffRequest};
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate};
-use crate::lock::{HolderInfo, Lock, LockEvent, LockSpec};
+use crate::lock::{HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions};
 use crate::probe::probe_version;
 use crate::supervisor::{spawn_child, ChildExit, ChildHandle, LaunchSpec};
 use crate::telemetry;
@@ -39,12 +39,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The launch for the hand-over block: `{block}` and `{block_hash}` are replaced in the args, and
-    /// the same facts go into `ENGINE_SHIM_*` variables.
-    pub fn launch_spec(&self, block: BlockRef) -> LaunchSpec {
+    /// The launch for the hand-over block: `{block}`, `{block_hash}` and `{lock_epoch}` are replaced
+    /// in the args, and the same facts go into `ENGINE_SHIM_*` variables.
+    pub fn launch_spec(&self, block: BlockRef, lock_epoch: Option<u64>) -> LaunchSpec {
+        let epoch = lock_epoch.map(|e| e.to_string()).unwrap_or_default();
         let substitute = |arg: &str| {
             arg.replace("{block_hash}", &block.hash.to_string())
                 .replace("{block}", &block.number.to_string())
+                .replace("{lock_epoch}", &epoch)
         };
         LaunchSpec {
             label: self.version.to_string(),
@@ -60,6 +62,7 @@ impl Engine {
                     "ENGINE_SHIM_ENGINE_VERSION".into(),
                     self.version.to_string(),
                 ),
+                ("ENGINE_SHIM_LOCK_EPOCH".into(), epoch.clone()),
             ],
             keep_lock: None,
         }
@@ -87,22 +90,31 @@ async fn resolve_engines(config: &RunConfig) -> anyhow::Result<Vec<Engine>> {
     Ok(engines)
 }
 
-/// The lock from `--lock`, or the documented default derived from `--lock-dir` / the engine's
-/// `--config-root`.
+/// The lock from `--lock` (with the PostgreSQL options and password), or the documented default
+/// derived from `--lock-dir` / the engine's `--config-root`.
 fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
-    match &config.lock {
-        Some(text) => text
-            .parse()
-            .map_err(|e| UsageError(format!("--lock {text}: {e}")).into()),
-        None => {
-            let args: Vec<String> = config
-                .engines
-                .iter()
-                .flat_map(|e| e.command.iter().skip(1).cloned())
-                .collect();
-            Ok(LockSpec::default_for(config.lock_dir.as_deref(), &args))
-        }
-    }
+    let Some(text) = &config.lock else {
+        let args: Vec<String> = config
+            .engines
+            .iter()
+            .flat_map(|e| e.command.iter().skip(1).cloned())
+            .collect();
+        return Ok(LockSpec::default_for(config.lock_dir.as_deref(), &args));
+    };
+    let usage = |e: LockSpecError| UsageError(format!("--lock {text}: {e}"));
+    let password = if text.starts_with("postgres") {
+        Password::from_env(config.lock_password_file.as_deref()).map_err(usage)?
+    } else {
+        None
+    };
+    let options = PgOptions {
+        mode: config.lock_mode,
+        name: config.lock_name.clone(),
+        lease: config.lease,
+        renew: config.renew,
+        password,
+    };
+    Ok(LockSpec::parse_with(text, &options).map_err(usage)?)
 }
 
 /// Resolves the engines and the lock, then runs until SIGTERM/SIGINT.
@@ -163,6 +175,8 @@ struct Shell {
     lock_rx: mpsc::UnboundedReceiver<LockEvent>,
     /// Time left to the lock's fencing deadline, from the last loss: a fenced engine gets no more.
     fence_within: Duration,
+    /// The epoch of the lock held now (lease locks), handed to the engine for fencing downstream.
+    lock_epoch: Option<u64>,
     /// How long to ask for no lock after a hand-off.
     standby: Duration,
     standby_tx: mpsc::UnboundedSender<()>,
@@ -194,6 +208,7 @@ impl Shell {
             lock_tx,
             lock_rx,
             fence_within: Duration::ZERO,
+            lock_epoch: None,
             standby: crate::config::DEFAULT_STANDBY,
             standby_tx,
             standby_rx,
@@ -211,18 +226,21 @@ impl Shell {
         let (blocks_tx, mut blocks_rx) = mpsc::channel(1024);
         let follower = tokio::spawn(follow(follower, blocks_tx));
         let result = loop {
+            // Biased, lock first: after a pause (SIGSTOP, VM freeze) a lost lock must be acted on
+            // before anything else that became ready at the same time.
             let event = tokio::select! {
+                biased;
+                Some(event) = self.lock_rx.recv() => match self.on_lock_event(event) {
+                    Ok(Some(event)) => event,
+                    Ok(None) => continue,
+                    Err(e) => break Err(e),
+                },
                 Some(event) = blocks_rx.recv() => match event {
                     FollowerEvent::Block { block, release } => Event::Block { block, release, now: self.started.elapsed() },
                     other => { telemetry::follower_event(&other); continue; }
                 },
                 Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
                 Some(engine) = self.restarts_rx.recv() => Event::RestartDue { engine },
-                Some(event) = self.lock_rx.recv() => match self.on_lock_event(event) {
-                    Ok(Some(event)) => event,
-                    Ok(None) => continue,
-                    Err(e) => break Err(e),
-                },
                 _ = sigterm.recv() => self.on_signal("SIGTERM"),
                 _ = sigint.recv() => self.on_signal("SIGINT"),
                 _ = sigusr1.recv() => {
@@ -241,6 +259,14 @@ impl Shell {
             }
         };
         follower.abort();
+        // A released database lock is expired by a worker task: let it finish, so a waiting
+        // instance takes over at once rather than a lease later.
+        if !self.lock.settle(Duration::from_secs(5)).await {
+            warn!(
+                "the lock {} was not confirmed released before exit",
+                self.lock.spec()
+            );
+        }
         result
     }
 
@@ -278,18 +304,23 @@ impl Shell {
             }
             LockEvent::Granted { epoch: None } => {
                 info!(lock = %spec, "acquired the lock {spec}");
+                self.lock_epoch = None;
                 Ok(Some(Event::LockGranted))
             }
             LockEvent::Granted { epoch: Some(epoch) } => {
                 info!(lock = %spec, lock_epoch = epoch, "acquired the lock {spec} (epoch {epoch})");
+                self.lock_epoch = Some(epoch);
                 Ok(Some(Event::LockGranted))
             }
             LockEvent::Lost { reason, kill_by } => {
-                // Until the gate learns to fence and wait again, a lost lock ends the shim: the
-                // engine is killed now, well before `kill_by`.
-                error!(lock = %spec, "lost the lock {spec}: {reason}; killing the engine (deadline in {:?})", kill_by.remaining());
-                self.children.values().for_each(ChildHandle::kill_now);
-                Err(anyhow::anyhow!("lost the lock {spec}: {reason}"))
+                // The engine must be dead by `kill_by`: the gate fences, and the stop it asks for
+                // gets no more grace than what is left.
+                self.fence_within = kill_by.remaining();
+                let within = Duration::from_millis(self.fence_within.as_millis() as u64);
+                warn!(lock = %spec, kill_within_ms = within.as_millis() as u64,
+                    "lost the lock {spec}: {reason}; the engine must be gone within {}",
+                    humantime::format_duration(within));
+                Ok(Some(Event::LockLost { reason }))
             }
             LockEvent::Failed { error } => {
                 Err(anyhow::anyhow!("the lock {spec} cannot be used: {error}"))
@@ -373,7 +404,7 @@ impl Shell {
 
     /// Spawns the engine; a failure to spawn comes back as an exit, so it is retried with back-off.
     fn start(&mut self, engine: EngineId, block: BlockRef) -> Result<(), Event> {
-        let mut spec = self.engines[engine].launch_spec(block);
+        let mut spec = self.engines[engine].launch_spec(block, self.lock_epoch);
         // The engine shares the lock, so it is held until the engine itself is gone, even if the
         // shim dies first (see the lock module).
         spec.keep_lock = self.lock.inheritable();

@@ -156,6 +156,11 @@ fn nothing_given_means_documented_defaults() {
             lock_dir: None,
             standby: DEFAULT_STANDBY,
             control_socket: None,
+            lock_mode: crate::lock::LockMode::Lease,
+            lock_name: crate::lock::DEFAULT_LOCK_NAME.to_string(),
+            lease: crate::lock::DEFAULT_LEASE,
+            renew: crate::lock::DEFAULT_RENEW,
+            lock_password_file: None,
             engines: vec![engine(None, &["/usr/bin/engine"])],
         }
     );
@@ -202,6 +207,11 @@ fn the_file_fills_every_setting() {
             lock_dir: Some("/run/engine-shim".into()),
             standby: DEFAULT_STANDBY,
             control_socket: None,
+            lock_mode: crate::lock::LockMode::Lease,
+            lock_name: crate::lock::DEFAULT_LOCK_NAME.to_string(),
+            lease: crate::lock::DEFAULT_LEASE,
+            renew: crate::lock::DEFAULT_RENEW,
+            lock_password_file: None,
             engines: vec![
                 engine(
                     Some("1.0.0"),
