@@ -170,7 +170,7 @@ async fn release_with_no_installed_engine_idles_everything_and_names_the_fix() {
     node.new_blocks(1).await; // #1 carries 1.3.0
     let hash = node.block_hash(1).await;
     let install = format!(
-        "no installed engine is compatible with release 1.3.0 at block #1 ({hash}); installed: 1.0.0, 1.1.0, 1.2.0; install a 1.3.x engine"
+        "no installed engine is compatible with release 1.3.0 at block #1 ({hash}); installed: 1.0.0, 1.1.0, 1.2.0; install a 1.3.x engine (or run it in another shim sharing the lock)"
     );
     let (_, line) = shim
         .wait_log(0, "the install line", |l| l.message() == install)

@@ -108,11 +108,27 @@ pub fn notice(notice: &Notice) {
             release,
             block,
             installed,
-        } => warn!(
-            release = %release, block_number = block.number, block_hash = %block.hash, installed = %versions(installed),
-            "no installed engine is compatible with release {release} at block #{} ({}); installed: {}; install a {}.{}.x engine",
-            block.number, block.hash, versions(installed), release.major, release.minor
-        ),
+        } => {
+            let head = format!(
+                "no installed engine is compatible with release {release} at block #{} ({}); installed: {}",
+                block.number,
+                block.hash,
+                versions(installed)
+            );
+            // Every engine ahead of the chain is the normal wait before an upgrade, not a fault.
+            if installed.iter().all(|engine| engine > release) {
+                info!(
+                    release = %release, block_number = block.number, block_hash = %block.hash, installed = %versions(installed),
+                    "{head}; waiting for the upgrade"
+                );
+            } else {
+                warn!(
+                    release = %release, block_number = block.number, block_hash = %block.hash, installed = %versions(installed),
+                    "{head}; install a {}.{}.x engine (or run it in another shim sharing the lock)",
+                    release.major, release.minor
+                );
+            }
+        }
         Notice::ReleaseUnknown {
             block,
             error,
