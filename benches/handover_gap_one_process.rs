@@ -19,5 +19,10 @@ fn main() {
             &samples.gap,
             "≤ 5 ms p99",
         );
+        support::report_latency(
+            "  of which the shim's share (old engine reaped → new engine spawned, from its log)",
+            &samples.shim_share,
+            "part of the above",
+        );
     });
 }

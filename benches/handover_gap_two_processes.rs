@@ -20,5 +20,10 @@ fn main() {
             &samples.gap,
             "≤ 20 ms p99",
         );
+        support::report_latency(
+            "  of which the shims' share (old engine reaped → lock → new engine spawned, from their logs)",
+            &samples.shim_share,
+            "part of the above",
+        );
     });
 }
