@@ -158,6 +158,10 @@ pub struct RunArgs {
     /// another instance takes over [default: 30s]
     #[arg(long, env = "ENGINE_SHIM_STANDBY", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub standby: Option<Duration>,
+    /// Serve `GET /metrics` (Prometheus) and `GET /health` on this address, e.g. 127.0.0.1:9616
+    /// (off unless given). /health answers 200 while finalized blocks keep arriving.
+    #[arg(long, env = "ENGINE_SHIM_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Listen on this Unix socket for `engine-shim handoff` (off unless given).
     #[arg(long, env = "ENGINE_SHIM_CONTROL_SOCKET", value_name = "PATH")]
     pub control_socket: Option<PathBuf>,

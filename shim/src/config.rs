@@ -55,6 +55,7 @@ pub struct RunConfig {
     pub lock_dir: Option<PathBuf>,
     pub standby: Duration,
     pub control_socket: Option<PathBuf>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Options of a PostgreSQL lock (ignored by the other kinds); the password is read later, from
     /// the environment or `lock_password_file`, never from flags.
     pub lock_mode: LockMode,
@@ -200,6 +201,7 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration")]
     pub standby: Option<Duration>,
     pub control_socket: Option<PathBuf>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub lock_mode: Option<LockMode>,
     pub lock_name: Option<String>,
     #[serde(default, deserialize_with = "duration")]
@@ -293,6 +295,7 @@ impl RunArgs {
             lock_dir: self.lock_dir.or(file.lock_dir),
             standby: self.standby.or(file.standby).unwrap_or(DEFAULT_STANDBY),
             control_socket: self.control_socket.or(file.control_socket),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             lock_mode: self.lock_mode.or(file.lock_mode).unwrap_or_default(),
             lock_name: self
                 .lock_name

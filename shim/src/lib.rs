@@ -13,6 +13,7 @@ pub mod control;
 pub mod follower;
 pub mod gate;
 pub mod lock;
+pub mod metrics;
 pub mod probe;
 pub mod rpc;
 pub mod run;

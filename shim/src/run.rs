@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,6 +19,7 @@ use crate::control::{self, HandOffRequest};
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate};
 use crate::lock::{HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions};
+use crate::metrics::{self, Metrics};
 use crate::probe::probe_version;
 use crate::supervisor::{spawn_child, ChildExit, ChildHandle, LaunchSpec};
 use crate::telemetry;
@@ -153,7 +155,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on the control socket {}", path.display()))?;
     }
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let bound = metrics::serve(addr, metrics.clone(), config.stale_after)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!("serving /metrics and /health on http://{bound}");
+    }
     let mut shell = Shell::new(engines, gate, config.grace, Lock::new(lock));
+    shell.metrics = metrics;
     shell.standby = config.standby;
     shell.control_rx = control_rx;
     shell.run(follower).await
@@ -184,6 +194,7 @@ struct Shell {
     control_rx: mpsc::Receiver<HandOffRequest>,
     /// `engine-shim handoff` clients waiting for the hand-off to complete.
     hand_off_waiters: Vec<oneshot::Sender<String>>,
+    metrics: Arc<Metrics>,
     shutting_down: bool,
 }
 
@@ -214,6 +225,7 @@ impl Shell {
             standby_rx,
             control_rx,
             hand_off_waiters: Vec::new(),
+            metrics: Arc::default(),
             shutting_down: false,
         }
     }
@@ -236,7 +248,10 @@ impl Shell {
                     Err(e) => break Err(e),
                 },
                 Some(event) = blocks_rx.recv() => match event {
-                    FollowerEvent::Block { block, release } => Event::Block { block, release, now: self.started.elapsed() },
+                    FollowerEvent::Block { block, release } => {
+                        self.metrics.block(block.number, release.as_ref().ok().copied());
+                        Event::Block { block, release, now: self.started.elapsed() }
+                    }
                     other => { telemetry::follower_event(&other); continue; }
                 },
                 Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
@@ -272,6 +287,7 @@ impl Shell {
 
     fn on_exit(&mut self, exit: ChildExit) -> Event {
         self.children.remove(&exit.id);
+        self.metrics.engine_exited();
         if exit.killed_after_grace {
             warn!(
                 engine_version = %self.engines[exit.id].version, pid = exit.pid,
@@ -305,17 +321,20 @@ impl Shell {
             LockEvent::Granted { epoch: None } => {
                 info!(lock = %spec, "acquired the lock {spec}");
                 self.lock_epoch = None;
+                self.metrics.lock(true, None);
                 Ok(Some(Event::LockGranted))
             }
             LockEvent::Granted { epoch: Some(epoch) } => {
                 info!(lock = %spec, lock_epoch = epoch, "acquired the lock {spec} (epoch {epoch})");
                 self.lock_epoch = Some(epoch);
+                self.metrics.lock(true, Some(epoch));
                 Ok(Some(Event::LockGranted))
             }
             LockEvent::Lost { reason, kill_by } => {
                 // The engine must be dead by `kill_by`: the gate fences, and the stop it asks for
                 // gets no more grace than what is left.
                 self.fence_within = kill_by.remaining();
+                self.metrics.fenced();
                 let within = Duration::from_millis(self.fence_within.as_millis() as u64);
                 warn!(lock = %spec, kill_within_ms = within.as_millis() as u64,
                     "lost the lock {spec}: {reason}; the engine must be gone within {}",
@@ -372,6 +391,7 @@ impl Shell {
                             humantime::format_duration(self.standby)
                         );
                         info!("{answer}");
+                        self.metrics.handed_off();
                         for waiter in self.hand_off_waiters.drain(..) {
                             let _ = waiter.send(answer.clone());
                         }
@@ -392,6 +412,7 @@ impl Shell {
                     Action::CancelLock => self.lock.cancel(),
                     Action::ReleaseLock => {
                         self.lock.release();
+                        self.metrics.lock(false, None);
                         info!(lock = %self.lock.spec(), "released the lock {}", self.lock.spec());
                     }
                     Action::Notify(notice) => telemetry::notice(&notice),
@@ -415,6 +436,7 @@ impl Shell {
                     "engine {} started (pid {})", spec.label, child.pid()
                 );
                 self.children.insert(engine, child);
+                self.metrics.engine_started(self.engines[engine].version);
                 Ok(())
             }
             Err(e) => Err(Event::ChildExited {
