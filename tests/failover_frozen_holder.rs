@@ -121,7 +121,10 @@ async fn lease_frozen_holder_is_taken_over_after_its_lease_and_fences_on_resume(
         ms_between(gone_at, thawed_at)
     );
     primary
-        .wait_message(mark, &["lost the lock", "the engine must be gone within 0s"])
+        .wait_message(
+            mark,
+            &["lost the lock", "the engine must be gone within 0s"],
+        )
         .await;
     primary
         .wait_message(mark, &["stopping engine 1.0.0 now (fencing)"])
@@ -140,7 +143,8 @@ async fn lease_frozen_holder_is_taken_over_after_its_lease_and_fences_on_resume(
         .unwrap()
         .clone();
     assert!(
-        engines_of(&primary).contains(&running.pid) || engines_of(&secondary).contains(&running.pid)
+        engines_of(&primary).contains(&running.pid)
+            || engines_of(&secondary).contains(&running.pid)
     );
     let after = sample_alive_for(&host, lock.lease + lock.renew).await;
     assert!(

@@ -15,8 +15,8 @@ mod common;
 use std::time::Duration;
 
 use common::failover::{
-    assert_epochs_grow, engines_of, ms_between, nanos, wait_gone_at, wait_started_by,
-    LeaseWatch, Mode, PgLock,
+    assert_epochs_grow, engines_of, ms_between, nanos, wait_gone_at, wait_started_by, LeaseWatch,
+    Mode, PgLock,
 };
 use common::pg::{self, TcpProxy};
 use common::{unix_nanos_now, Host, Node};
@@ -103,7 +103,10 @@ async fn network_cut(mode: Mode, cut: Cut) {
     // The secondary takes over, after the holder's lease (as the database saw it) ran out.
     let second = host.wait_event("start", "1.0.0", 2).await;
     wait_started_by(&secondary, second.pid).await;
-    assert!(second.unix_nanos() > gone_at, "the old engine was gone first");
+    assert!(
+        second.unix_nanos() > gone_at,
+        "the old engine was gone first"
+    );
     eprintln!(
         "{mode}, {cut:?}: the secondary's engine started {:.1} ms after the cut",
         ms_between(second.unix_nanos(), cut_at)

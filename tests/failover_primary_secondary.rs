@@ -10,8 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::failover::{
-    engines_of, hand_off, lock_epoch, ms_between, nanos, wait_started_by, LeaseWatch, Mode,
-    PgLock,
+    engines_of, hand_off, lock_epoch, ms_between, nanos, wait_started_by, LeaseWatch, Mode, PgLock,
 };
 use common::{pg, unix_nanos_now, Host, Node};
 use rustix::process::Signal;
@@ -63,7 +62,10 @@ async fn primary_dies_secondary_takes_over_and_hands_back(mode: Mode) {
     if mode.uses_lease() {
         let epoch = first_epoch.expect("a lease lock hands the engine its epoch");
         secondary
-            .wait_message(0, &[&held_by_primary, &format!(", epoch {epoch}, lease until ")])
+            .wait_message(
+                0,
+                &[&held_by_primary, &format!(", epoch {epoch}, lease until ")],
+            )
             .await;
         primary
             .wait_message(0, &["acquired the lock", &format!("(epoch {epoch})")])

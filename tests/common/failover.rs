@@ -160,7 +160,9 @@ pub fn spawn_with_env(
     env: &[(&str, &str)],
 ) -> Shim {
     let mut command = builder.command();
-    command.env_remove(PASSWORD_ENV).env_remove(PASSWORD_FILE_ENV);
+    command
+        .env_remove(PASSWORD_ENV)
+        .env_remove(PASSWORD_FILE_ENV);
     for (name, value) in env {
         command.env(name, value);
     }
@@ -360,7 +362,9 @@ impl LeaseWatch {
                     let mut rows = sink.lock().unwrap();
                     // Keep only changes, and the latest reading of each.
                     match rows.last_mut() {
-                        Some(last) if last.epoch == row.epoch && last.expires_at == row.expires_at => {
+                        Some(last)
+                            if last.epoch == row.epoch && last.expires_at == row.expires_at =>
+                        {
                             last.read_at = row.read_at
                         }
                         _ => rows.push(row),

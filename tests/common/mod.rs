@@ -10,6 +10,7 @@
 //!   each with a generous safety-net timeout. On a failing test the captured output of every
 //!   process is printed (on every test with `E2E_SHOW_OUTPUT=1`).
 #![allow(dead_code)] // each test binary uses its own subset of the harness
+pub mod chaos;
 pub mod failover;
 pub mod pg;
 
