@@ -66,6 +66,19 @@ async fn database_outage(mode: Mode) {
         ms_between(gone_at, stopped_at),
         lock.fence_bound()
     );
+    if mode == Mode::Lease {
+        // A lease holder stops its engine at its renew deadline (SIGTERM; fake-engine writes
+        // `stop` at once) rather than running into its kill deadline. (With an advisory lock the
+        // session's end is the loss itself: the engine is killed at once, without a `stop`.)
+        let stop = host.wait_event("stop", "1.0.0", 1).await;
+        assert_eq!(stop.pid, first.pid);
+        assert!(
+            stop.unix_nanos() <= stopped_at + nanos(lock.fence_bound()),
+            "the holder's engine stopped {:.1} ms after the database stopped (bound {:?})",
+            ms_between(stop.unix_nanos(), stopped_at),
+            lock.fence_bound()
+        );
+    }
     primary
         .wait_message(0, &["lost the lock", "the engine must be gone within"])
         .await;

@@ -22,21 +22,24 @@ async fn metrics_and_health_follow_the_engine_and_the_lock() {
     let shim = Shim::builder(&node, "1.0.0")
         .shim_args(&["--metrics-listen", "127.0.0.1:0"])
         .spawn();
-    let (_, line) = shim.wait_message(0, &["serving /metrics and /health on http://"]).await;
-    let addr = line
-        .message()
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .to_string();
+    let (_, line) = shim
+        .wait_message(0, &["serving /metrics and /health on http://"])
+        .await;
+    let addr = line.message().rsplit("http://").next().unwrap().to_string();
     shim.wait_event("start", 1).await;
     shim.wait_message(0, &["started (pid"]).await;
 
     let metrics = get(&addr, "/metrics").await;
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
-    assert!(metrics.contains("engine_shim_engine_running 1"), "{metrics}");
+    assert!(
+        metrics.contains("engine_shim_engine_running 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("engine_shim_lock_held 1"), "{metrics}");
-    assert!(metrics.contains("engine_shim_release_info{version=\"1.0.0\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("engine_shim_release_info{version=\"1.0.0\"} 1"),
+        "{metrics}"
+    );
     let health = get(&addr, "/health").await;
     assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
     assert!(health.contains("\"running\":\"1.0.0\""), "{health}");
@@ -47,7 +50,10 @@ async fn metrics_and_health_follow_the_engine_and_the_lock() {
     shim.wait_event("stop", 1).await;
     shim.wait_message(0, &["released the lock"]).await;
     let metrics = get(&addr, "/metrics").await;
-    assert!(metrics.contains("engine_shim_engine_running 0"), "{metrics}");
+    assert!(
+        metrics.contains("engine_shim_engine_running 0"),
+        "{metrics}"
+    );
     assert!(metrics.contains("engine_shim_lock_held 0"), "{metrics}");
     assert!(metrics.contains("engine_shim_last_block 1"), "{metrics}");
 }

@@ -18,7 +18,10 @@ use crate::config::{validate_engines, RunConfig};
 use crate::control::{self, HandOffRequest};
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate};
-use crate::lock::{HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions};
+use crate::lock::{
+    HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions, PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
+};
 use crate::metrics::{self, Metrics};
 use crate::probe::probe_version;
 use crate::supervisor::{spawn_child, ChildExit, ChildHandle, LaunchSpec};
@@ -67,6 +70,8 @@ impl Engine {
                 ("ENGINE_SHIM_LOCK_EPOCH".into(), epoch.clone()),
             ],
             keep_lock: None,
+            // The database password is the shim's, never the engine's.
+            env_remove: vec![PASSWORD_ENV.into(), PASSWORD_FILE_ENV.into()],
         }
     }
 }
@@ -103,7 +108,13 @@ fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
             .collect();
         return Ok(LockSpec::default_for(config.lock_dir.as_deref(), &args));
     };
-    let usage = |e: LockSpecError| UsageError(format!("--lock {text}: {e}"));
+    // A PostgreSQL URL is not repeated: a mistaken one may carry a password.
+    let shown = if text.starts_with("postgres") {
+        "postgres://…"
+    } else {
+        text.as_str()
+    };
+    let usage = |e: LockSpecError| UsageError(format!("--lock {shown}: {e}"));
     let password = if text.starts_with("postgres") {
         Password::from_env(config.lock_password_file.as_deref()).map_err(usage)?
     } else {

@@ -37,6 +37,8 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// A lock the child inherits across exec, so it stays held until the child is gone too.
     pub keep_lock: Option<crate::lock::InheritedLock>,
+    /// Variables of the shim's own environment the child must not see (secrets meant for the shim).
+    pub env_remove: Vec<String>,
 }
 
 /// How and when a child ended; sent exactly once per spawned child.
@@ -116,6 +118,9 @@ pub fn spawn_child(
     exits: mpsc::UnboundedSender<ChildExit>,
 ) -> io::Result<ChildHandle> {
     let mut command = Command::new(&spec.program);
+    for name in &spec.env_remove {
+        command.env_remove(name);
+    }
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -427,6 +432,7 @@ mod tests {
             args: vec!["-c".to_string(), script.to_string()],
             env: vec![],
             keep_lock: None,
+            env_remove: vec![],
         }
     }
 
