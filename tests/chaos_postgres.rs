@@ -15,9 +15,11 @@
 //!   through /proc, and no `lock_failed` — except while an engine we froze still existed. A paused
 //!   host keeps what it holds, as a real one would keep `data.db/LOCK`, so the taker's engine may
 //!   find the directory locked; nothing ran beside anything (FACTS.md: the paused-holder window);
+//! - while a lease holder is frozen, the other host's engine comes (starts, or meets the frozen
+//!   one's data-directory lock) only after the lease the database granted the frozen holder;
 //! - a frozen host, thawed, kills its engines within [`RESUME_KILL_BOUND`] of SIGCONT;
 //! - while the database is down, no engine runs once a lease has passed since it went down (the
-//!   holder fences by `lease − renew` after its last renewal), and none starts;
+//!   holder fences by `lease − renew` after its last renewal), and none starts until it is back;
 //! - engines start on growing lock epochs (the same holder keeps its epoch; a new holder's is
 //!   higher), except an engine resumed from a freeze, which is what the epoch is for;
 //! - once the chain and the database settle, exactly the compatible engine runs, on one host, and
@@ -609,7 +611,12 @@ impl Run<'_> {
             .collect();
         assert!(
             started.is_empty(),
-            "an engine started while the database was down: {started:?}"
+            "an engine started while the database was down (from +{:.1} ms to +{:.1} ms):\n{}\n\
+             events:\n{}",
+            ms_between(quiet_from, down),
+            ms_between(up_asked, down),
+            describe(&started),
+            describe_events(&events)
         );
     }
 
@@ -679,16 +686,19 @@ impl Run<'_> {
             .filter(|e| !children.contains(&e.pid) && from <= e.unix_nanos())
             .collect();
         if let Some(row) = &frozen_lease {
-            let early: Vec<&&EngineEvent> = others
+            let early: Vec<&EngineEvent> = others
                 .iter()
+                .copied()
                 .filter(|e| e.unix_nanos() < row.expires_at)
                 .collect();
             assert!(
                 early.is_empty(),
                 "an engine came {:.1} ms before the lease of frozen host {n} expired \
-                 (epoch {}): {early:?}",
+                 (epoch {}):\n{}\nevents:\n{}",
                 ms_between(row.expires_at, early[0].unix_nanos()),
-                row.epoch
+                row.epoch,
+                describe(&early),
+                describe_events(&events)
             );
         }
         if !children.is_empty() {
@@ -735,8 +745,9 @@ impl Run<'_> {
             });
         assert!(
             unexcused.is_empty(),
-            "an engine found the data directory locked while no engine we froze existed: \
-             {unexcused:?}\nfrozen: {:?}\nevents:\n{}",
+            "an engine found the data directory locked while no engine we froze existed:\n{}\n\
+             frozen: {:?}\nevents:\n{}",
+            describe(&unexcused),
             self.frozen,
             describe_events(&events)
         );
@@ -808,6 +819,12 @@ impl Run<'_> {
         self.tally.fences = fences;
         self.tally.engines_killed_after_grace = killed;
     }
+}
+
+/// Some events, one a line, for failure messages.
+fn describe(events: &[&EngineEvent]) -> String {
+    let events: Vec<EngineEvent> = events.iter().map(|e| (*e).clone()).collect();
+    describe_events(&events)
 }
 
 /// Sends `signal` to each of a shim's children. A child its running shim has reaped meanwhile is

@@ -154,6 +154,9 @@ enum Holding {
     Database {
         serial: u64,
         events: UnboundedSender<LockEvent>,
+        /// The worker's renew deadline, moved on with every renewal: past it the lock must not
+        /// be used any more, even before the worker (perhaps just woken from a pause) says so.
+        usable_until: BootInstant,
     },
 }
 
@@ -267,6 +270,19 @@ impl Lock {
         match &self.worker {
             Some(worker) => worker.settle(within).await,
             None => true,
+        }
+    }
+
+    /// Whether a held lock may still be acted on now: false when not held, or when a database
+    /// lock's renew deadline has passed (after a pause the `Granted` in the channel may be stale
+    /// before the worker has had a chance to report the loss).
+    pub fn usable(&self) -> bool {
+        match &*lock(&self.phase) {
+            Phase::Held(Holding::Database { usable_until, .. }) => {
+                BootInstant::now() < *usable_until
+            }
+            Phase::Held(_) => true,
+            Phase::Idle | Phase::Waiting { .. } => false,
         }
     }
 

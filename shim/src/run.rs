@@ -317,6 +317,14 @@ impl Shell {
     /// (no engine runs then: the gate only starts one after a grant).
     fn on_lock_event(&mut self, event: LockEvent) -> anyhow::Result<Option<Event>> {
         let spec = self.lock.spec().clone();
+        if matches!(event, LockEvent::Granted { .. }) && !self.lock.usable() {
+            // Granted, but its renew deadline passed before the grant could be used (a pause):
+            // starting an engine on it could overlap a new holder. Give it back and ask again.
+            warn!(lock = %spec, "the lock {spec} was granted, but its renewal deadline passed before it could be used (was this process paused?); asking again");
+            self.lock.release();
+            self.acquire_lock();
+            return Ok(None);
+        }
         match event {
             LockEvent::Waiting {
                 holder: Some(holder),
@@ -356,6 +364,13 @@ impl Shell {
                 Err(anyhow::anyhow!("the lock {spec} cannot be used: {error}"))
             }
         }
+    }
+
+    /// Asks for the lock, naming the engine it is for so waiters can say who holds it.
+    fn acquire_lock(&mut self) {
+        let version = self.gate.target().map(|e| self.engines[e].version);
+        let me = HolderInfo::me(&version.map(|v| v.to_string()).unwrap_or_default());
+        self.lock.acquire(me, self.lock_tx.clone());
     }
 
     fn on_signal(&mut self, name: &str) -> Event {
@@ -414,12 +429,7 @@ impl Shell {
                             let _ = restarts.send(engine);
                         });
                     }
-                    Action::AcquireLock => {
-                        let version = self.gate.target().map(|e| self.engines[e].version);
-                        let me =
-                            HolderInfo::me(&version.map(|v| v.to_string()).unwrap_or_default());
-                        self.lock.acquire(me, self.lock_tx.clone());
-                    }
+                    Action::AcquireLock => self.acquire_lock(),
                     Action::CancelLock => self.lock.cancel(),
                     Action::ReleaseLock => {
                         self.lock.release();

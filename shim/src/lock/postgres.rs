@@ -296,6 +296,7 @@ impl Task {
                 *phase = Phase::Held(Holding::Database {
                     serial,
                     events: want.events,
+                    usable_until: fence.renew_deadline(),
                 });
                 self.held = Some(Held {
                     serial,
@@ -385,6 +386,11 @@ impl Task {
             Some(Ok(Renewal::Renewed)) => {
                 held.fence.renewed(now);
                 held.last_error = None;
+                let deadline = held.fence.renew_deadline();
+                if let Phase::Held(Holding::Database { usable_until, .. }) = &mut *lock(&self.phase)
+                {
+                    *usable_until = deadline;
+                }
             }
             Some(Ok(Renewal::Gone(why))) => self.lose(serial, why, BootInstant::now()),
             Some(Err(err)) => {
@@ -437,7 +443,9 @@ impl Task {
         let was_held = {
             let mut phase = lock(&self.phase);
             match &*phase {
-                Phase::Held(Holding::Database { serial: s, events }) if *s == serial => {
+                Phase::Held(Holding::Database {
+                    serial: s, events, ..
+                }) if *s == serial => {
                     tracing::debug!(lock = %self.db.config, "lock lost: {reason}");
                     let _ = events.send(LockEvent::Lost { reason, kill_by });
                     *phase = Phase::Idle;
