@@ -567,6 +567,29 @@ impl EngineEvent {
     }
 }
 
+/// Polls an event file (it has no notification to await) until `pred` holds; on the safety-net
+/// timeout, panics with what was awaited and `context` of the events seen.
+pub async fn wait_for_events(
+    path: &Path,
+    what: &str,
+    pred: impl Fn(&[EngineEvent]) -> bool,
+    context: impl Fn(&[EngineEvent]) -> String,
+) -> Vec<EngineEvent> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let events = read_events(path);
+        if pred(&events) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {TIMEOUT:?} waiting for {what}; {}",
+            context(&events)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Every complete line of an event file so far.
 pub fn read_events(path: &Path) -> Vec<EngineEvent> {
     let Ok(text) = fs::read_to_string(path) else {
@@ -814,20 +837,14 @@ impl Shim {
         what: &str,
         pred: impl Fn(&[EngineEvent]) -> bool,
     ) -> Vec<EngineEvent> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let events = self.engine_events();
-            if pred(&events) {
-                return events;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {TIMEOUT:?} waiting for {what}; engine events: {:#?}\nshim output:\n{}",
+        wait_for_events(&self.events, what, pred, |events| {
+            format!(
+                "engine events: {:#?}\nshim output:\n{}",
                 events.iter().map(|e| &e.raw).collect::<Vec<_>>(),
                 self.proc.output.dump()
-            );
-            tokio::time::sleep(POLL).await;
-        }
+            )
+        })
+        .await
     }
 
     /// Waits for the `n`th (1-based) event named `event`; returns it.
@@ -962,19 +979,10 @@ impl Host {
         what: &str,
         pred: impl Fn(&[EngineEvent]) -> bool,
     ) -> Vec<EngineEvent> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let events = self.events();
-            if pred(&events) {
-                return events;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {TIMEOUT:?} waiting for {what}; engine events:\n{}",
-                describe_events(&events)
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        wait_for_events(&self.events, what, pred, |events| {
+            format!("engine events:\n{}", describe_events(events))
+        })
+        .await
     }
 
     /// Waits for the `n`th (1-based) `event` (start, stop, crash…) of engine `version`.
