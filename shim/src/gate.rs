@@ -254,8 +254,8 @@ impl Gate {
             } => {
                 self.now = now;
                 match release {
-                    Ok(version) => self.on_release(block, version, now, &mut actions),
-                    Err(error) => self.on_unknown_release(block, error, now, &mut actions),
+                    Ok(version) => self.on_release(block, version, &mut actions),
+                    Err(error) => self.on_unknown_release(block, error, &mut actions),
                 }
             }
             Event::ChildExited {
@@ -272,7 +272,7 @@ impl Gate {
                     self.standby = false;
                     actions.push(Action::Notify(Notice::StandbyOver));
                     if self.job == Job::Idle && !self.shutting_down {
-                        self.start_or_wait(self.now, true, false, &mut actions);
+                        self.start_or_wait(true, false, &mut actions);
                     }
                 }
             }
@@ -281,13 +281,7 @@ impl Gate {
         actions
     }
 
-    fn on_release(
-        &mut self,
-        block: BlockRef,
-        version: SemVer,
-        now: Duration,
-        actions: &mut Vec<Action>,
-    ) {
+    fn on_release(&mut self, block: BlockRef, version: SemVer, actions: &mut Vec<Action>) {
         self.last_release_error = None;
         let target = self
             .engines
@@ -321,9 +315,9 @@ impl Gate {
                 let notice = self.incompatible_notice(engine, version, block);
                 actions.push(Action::Notify(notice));
                 self.job = Job::Idle;
-                self.start_or_wait(now, release_changed || target_changed, false, actions);
+                self.start_or_wait(release_changed || target_changed, false, actions);
             }
-            Job::Idle => self.start_or_wait(now, release_changed || target_changed, false, actions),
+            Job::Idle => self.start_or_wait(release_changed || target_changed, false, actions),
             Job::Running(_) | Job::Stopping(_) | Job::RestartPending(_) => {}
         }
     }
@@ -347,27 +341,16 @@ impl Gate {
     /// With no child alive: start the target, or say why nothing runs (calmly, not per block).
     /// `changed` says the news is fresh, so the lines are due at once; `after_stop` says the
     /// "no longer compatible" line was just logged for the engine that stopped.
-    fn start_or_wait(
-        &mut self,
-        now: Duration,
-        changed: bool,
-        after_stop: bool,
-        actions: &mut Vec<Action>,
-    ) {
+    fn start_or_wait(&mut self, changed: bool, after_stop: bool, actions: &mut Vec<Action>) {
         let Some(known) = self.known else { return };
         if let Some(engine) = known.target {
             self.start(engine, known, false, actions);
             return;
         }
         self.give_back_lock(actions);
-        let due = changed
-            || self
-                .last_wait_log
-                .is_none_or(|last| now.saturating_sub(last) >= self.wait_log_every);
-        if !due {
+        if !self.calm_line_due(changed) {
             return;
         }
-        self.last_wait_log = Some(now);
         for &engine in &self.engines {
             let (release, block) = (known.version, known.latest);
             match self.rule.compare(engine, release) {
@@ -426,6 +409,20 @@ impl Gate {
         self.last_wait_log = None;
     }
 
+    /// Whether a "nothing runs" line is due: at once when the news is fresh, else at most every
+    /// `wait_log_every`. Marks it as said when it is.
+    fn calm_line_due(&mut self, changed: bool) -> bool {
+        let now = self.now;
+        let due = changed
+            || self
+                .last_wait_log
+                .is_none_or(|last| now.saturating_sub(last) >= self.wait_log_every);
+        if due {
+            self.last_wait_log = Some(now);
+        }
+        due
+    }
+
     /// Nothing is alive and nothing is about to start: hold no lock.
     fn give_back_lock(&mut self, actions: &mut Vec<Action>) {
         match self.lock {
@@ -456,16 +453,10 @@ impl Gate {
         &mut self,
         block: BlockRef,
         error: ReleaseError,
-        now: Duration,
         actions: &mut Vec<Action>,
     ) {
         let changed = self.last_release_error.as_ref() != Some(&error);
-        let due = changed
-            || self
-                .last_wait_log
-                .is_none_or(|last| now.saturating_sub(last) >= self.wait_log_every);
-        if due {
-            self.last_wait_log = Some(now);
+        if self.calm_line_due(changed) {
             self.last_release_error = Some(error.clone());
             actions.push(Action::Notify(Notice::ReleaseUnknown {
                 block,
@@ -498,11 +489,11 @@ impl Gate {
                     actions.push(Action::HandedOff);
                     if !self.standby {
                         // The stand-by ran out while the engine was still stopping.
-                        self.start_or_wait(self.now, true, true, actions);
+                        self.start_or_wait(true, true, actions);
                     }
                 } else {
                     // A stop always completes before the next start: this is the hand-over point.
-                    self.start_or_wait(self.now, true, true, actions);
+                    self.start_or_wait(true, true, actions);
                 }
             }
             Job::Running(running) if running == engine => {

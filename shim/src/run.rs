@@ -173,11 +173,21 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!("serving /metrics and /health on http://{bound}");
     }
-    let mut shell = Shell::new(engines, gate, config.grace, Lock::new(lock));
-    shell.metrics = metrics;
-    shell.standby = config.standby;
-    shell.control_rx = control_rx;
-    shell.run(follower).await
+    let outside = Outside {
+        lock: Lock::new(lock),
+        control_rx,
+        metrics,
+    };
+    Shell::new(engines, gate, config.grace, config.standby, outside)
+        .run(follower)
+        .await
+}
+
+/// What the shell is connected to beyond its own channels: the lock, hand-off requests, metrics.
+struct Outside {
+    lock: Lock,
+    control_rx: mpsc::Receiver<HandOffRequest>,
+    metrics: Arc<Metrics>,
 }
 
 /// The event loop's state: the gate, the live children and the channels that feed the gate.
@@ -210,12 +220,22 @@ struct Shell {
 }
 
 impl Shell {
-    fn new(engines: Vec<Engine>, gate: Gate, grace: Duration, lock: Lock) -> Self {
+    fn new(
+        engines: Vec<Engine>,
+        gate: Gate,
+        grace: Duration,
+        standby: Duration,
+        outside: Outside,
+    ) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let (restarts_tx, restarts_rx) = mpsc::unbounded_channel();
         let (lock_tx, lock_rx) = mpsc::unbounded_channel();
         let (standby_tx, standby_rx) = mpsc::unbounded_channel();
-        let (_, control_rx) = mpsc::channel(1);
+        let Outside {
+            lock,
+            control_rx,
+            metrics,
+        } = outside;
         Shell {
             engines,
             gate,
@@ -231,12 +251,12 @@ impl Shell {
             lock_rx,
             fence_within: Duration::ZERO,
             lock_epoch: None,
-            standby: crate::config::DEFAULT_STANDBY,
+            standby,
             standby_tx,
             standby_rx,
             control_rx,
             hand_off_waiters: Vec::new(),
-            metrics: Arc::default(),
+            metrics,
             shutting_down: false,
         }
     }
