@@ -45,16 +45,8 @@ async fn upgrade_across_two_hosts(mode: Mode) {
     node.new_blocks(1).await; // #3 carries 1.1.0
     let upgrade = node.block_hash(3).await;
 
-    let new = host.wait_event("start", "1.1.0", 1).await;
+    let new = host.assert_hand_over(&old, "1.1.0", 3, &upgrade).await;
     wait_started_by(&new_shim, new.pid).await;
-    let stop = host.wait_event("stop", "1.0.0", 1).await;
-    assert_eq!(stop.pid, old.pid);
-    assert!(
-        stop.unix_nanos() < new.unix_nanos(),
-        "stop(1.0.0) before start(1.1.0)"
-    );
-    assert_eq!(new.start_block(), Some(3), "{{block}} = the upgrade block");
-    assert_eq!(new.start_hash(), Some(upgrade.as_str()));
     old_shim
         .wait_message(
             0,

@@ -35,15 +35,7 @@ async fn release_moves_to_1_1_old_engine_stops_then_new_starts_at_the_upgrade_bl
     node.new_blocks(1).await; // #3 carries 1.1.0
     let upgrade = node.block_hash(3).await;
 
-    let new = host.wait_event("start", "1.1.0", 1).await;
-    let stop = host.wait_event("stop", "1.0.0", 1).await;
-    assert_eq!(stop.pid, old.pid);
-    assert!(
-        stop.unix_nanos() < new.unix_nanos(),
-        "stop(1.0.0) before start(1.1.0)"
-    );
-    assert_eq!(new.start_block(), Some(3), "{{block}} = the upgrade block");
-    assert_eq!(new.start_hash(), Some(upgrade.as_str()));
+    let new = host.assert_hand_over(&old, "1.1.0", 3, &upgrade).await;
     assert!(is_gone(old.pid), "1.0.0 is gone once 1.1.0 runs");
     host.assert_no_lock_failed();
     host.assert_lives_never_overlap(&[]);

@@ -1016,6 +1016,33 @@ impl Host {
         );
     }
 
+    /// Waits for the hand-over from the running `old` engine to `new_version` and checks its
+    /// order: `old` stopped (its own stop event) before the new engine started, and the new engine
+    /// was told the hand-over block. Returns the new engine's start event.
+    pub async fn assert_hand_over(
+        &self,
+        old: &EngineEvent,
+        new_version: &str,
+        block: u64,
+        block_hash: &str,
+    ) -> EngineEvent {
+        let new = self.wait_event("start", new_version, 1).await;
+        let stop = self.wait_event("stop", &old.version, 1).await;
+        assert_eq!(stop.pid, old.pid);
+        assert!(
+            stop.unix_nanos() < new.unix_nanos(),
+            "stop({}) before start({new_version})",
+            old.version
+        );
+        assert_eq!(
+            new.start_block(),
+            Some(block),
+            "{{block}} = the upgrade block"
+        );
+        assert_eq!(new.start_hash(), Some(block_hash));
+        new
+    }
+
     /// Panics if the events (plus moments the test saw an engine alive) prove two lives overlapped.
     pub fn assert_lives_never_overlap(&self, seen_alive: &[(u32, u128)]) {
         let events = self.events();
