@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod follower;
 pub mod gate;
+pub mod guardian;
 pub mod lock;
 pub mod metrics;
 pub mod probe;

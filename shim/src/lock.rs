@@ -49,12 +49,15 @@
 //! Before exiting after a release, await [`Lock::settle`]: a PostgreSQL lock is given back by its
 //! worker, and a process that exits first leaves its lease to run out instead of handing over.
 //!
-//! # Shared with the engine
+//! # Shared with the engine's guardian
 //! When a process dies the kernel closes its files (dropping its flock) *before* its children get
 //! their parent-death signal. So if only the shim held the flock, a SIGKILLed shim would let the
 //! next shim start its engine while the old engine is still alive on data.db (measured: 191 of 200
-//! kills). The engine child therefore inherits the flock's descriptor ([`InheritedLock`], applied
-//! between fork and exec): the lock is free only once the shim *and* its engine have closed it.
+//! kills). The engine's guardian (see `guardian.rs`) and the engine therefore inherit the lock's
+//! descriptors ([`InheritedLock`], applied between fork and exec). The guardian is a child
+//! subreaper that outlives the engine: it closes its copy only after every process of the engine's
+//! tree is killed and reaped, so the lock is free only once nothing of that engine is left — even
+//! after the shim was SIGKILLed, and even for helpers that escaped with `setsid`.
 
 mod advisory;
 mod conn;
@@ -294,33 +297,37 @@ impl Lock {
     /// `None` when nothing is held or there is nothing to inherit ([`LockSpec::None`]).
     pub fn inheritable(&self) -> Option<InheritedLock> {
         match &*lock(&self.phase) {
-            Phase::Held(Holding::File(file)) => Some(InheritedLock { fd: file.raw_fd() }),
+            Phase::Held(Holding::File(file)) => Some(InheritedLock {
+                fds: file.raw_fds(),
+            }),
             _ => None,
         }
     }
 }
 
-/// A held flock's descriptor number, to be kept open across `exec` in one child.
+/// A held file lock's descriptors (the flock's file and the anchor's directory, see `file.rs`), to
+/// be kept open across `exec` in one child.
 ///
-/// Use it in `CommandExt::pre_exec` for the engine, and keep the [`Lock`] held until the spawn
-/// has returned (the child's copy of the descriptor is made by `fork`). The engine then holds
-/// the same lock as the shim: whichever of the two lives longer keeps it, so the next engine can
-/// only start once both are gone. Its process-group mates inherit it too, and they are killed
-/// with the group after the engine exits.
+/// Use it in `CommandExt::pre_exec` for the engine's guardian, and keep the [`Lock`] held until
+/// the spawn has returned (the child's copies of the descriptors are made by `fork`). The guardian
+/// (and the engine it starts) then hold the same lock as the shim: the lock is free only once the
+/// shim, the guardian and every process of the engine are gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InheritedLock {
-    fd: RawFd,
+    fds: [RawFd; 2],
 }
 
 impl InheritedLock {
-    /// Clears close-on-exec on the descriptor in the calling process. Call it only in the child,
+    /// Clears close-on-exec on the descriptors in the calling process. Call it only in the child,
     /// between fork and exec: in the shim itself it would leak the lock into every later child.
-    /// Async-signal-safe: one `fcntl`, no allocation.
+    /// Async-signal-safe: two `fcntl`s, no allocation.
     pub fn keep_across_exec(self) -> io::Result<()> {
-        // SAFETY: `fork` copied the shim's descriptor table, in which the held `Lock` keeps this
-        // descriptor open; the borrow ends before this function returns.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+        for fd in self.fds {
+            // SAFETY: `fork` copied the shim's descriptor table, in which the held `Lock` keeps
+            // this descriptor open; the borrow ends before this function returns.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+        }
         Ok(())
     }
 }

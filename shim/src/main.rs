@@ -7,6 +7,14 @@ use engine_shim::cli::{Cli, Command, HandoffArgs};
 use engine_shim::{check, run, telemetry};
 
 fn main() -> ExitCode {
+    // The engine's guardian is this binary too, started by the supervisor; it needs no runtime.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|arg| arg == engine_shim::guardian::SUBCOMMAND)
+    {
+        engine_shim::guardian::main(&args[2..]);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

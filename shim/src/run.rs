@@ -72,6 +72,8 @@ impl Engine {
             keep_lock: None,
             // The database password is the shim's, never the engine's.
             env_remove: vec![PASSWORD_ENV.into(), PASSWORD_FILE_ENV.into()],
+            // This very binary, even if an upgrade has replaced the file on disk since.
+            guardian: "/proc/self/exe".into(),
         }
     }
 }

@@ -2,17 +2,23 @@
 //!
 //! The run loop decides *when* to start and stop; this module only makes each start safe and each
 //! stop complete:
-//! - the child gets its own process group (pgid = pid), so every signal reaches the engine and
-//!   anything it spawned, and after the child exits the rest of the group is killed: no grandchild
-//!   lingers holding data.db, keys or ports that the next engine needs;
-//! - the child gets `PR_SET_PDEATHSIG = SIGKILL`, so the shim's own death (even SIGKILL) never leaves
+//! - the engine runs under its guardian (`guardian.rs`), a child subreaper that holds the lock:
+//!   the engine gets its own process group (pgid = pid), so every signal reaches the engine and
+//!   anything it spawned, and after the engine exits the guardian kills and reaps everything left
+//!   of its tree, even what escaped with `setsid`: no grandchild lingers holding data.db, keys or
+//!   ports that the next engine needs, and the lock is only given back after that;
+//! - the guardian gets a parent-death signal, so the shim's own death (even SIGKILL) never leaves
 //!   an orphan engine running beside a new shim;
+//! - signals go to the guardian (our own unreaped child, so its pid cannot be recycled), which
+//!   passes them on: SIGTERM to the engine's group, and [`guardian::KILL_NOW`] for SIGKILL to the
+//!   whole tree;
 //! - stdout and stderr are drained continuously and forwarded line by line as tracing events, so a
 //!   chatty engine never blocks on a full pipe and its lines land in the shim's log format;
 //! - exactly one [`ChildExit`] is sent per child, after the child was reaped.
 
 use std::borrow::Cow;
-use std::io;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -26,6 +32,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use crate::backoff::RestartBackoff;
+use crate::guardian::{self, Report};
+
+/// How long the guardian may take to start the engine and report its pid: an exec and a fork.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`guardian::KILL_NOW`] as a rustix signal.
+const KILL_NOW: Signal = Signal::USR2;
 
 /// What to run: the program, its arguments and extra environment (added to the shim's own).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +52,9 @@ pub struct LaunchSpec {
     pub keep_lock: Option<crate::lock::InheritedLock>,
     /// Variables of the shim's own environment the child must not see (secrets meant for the shim).
     pub env_remove: Vec<String>,
+    /// The `engine-shim` binary that runs as the engine's guardian (`/proc/self/exe` in the shim,
+    /// which stays valid even when the binary on disk has been replaced by an upgrade).
+    pub guardian: PathBuf,
 }
 
 /// How and when a child ended; sent exactly once per spawned child.
@@ -117,11 +133,17 @@ pub fn spawn_child(
     spec: &LaunchSpec,
     exits: mpsc::UnboundedSender<ChildExit>,
 ) -> io::Result<ChildHandle> {
-    let mut command = Command::new(&spec.program);
+    let (report_read, report_write) = io::pipe()?;
+    let report_fd = report_write.as_raw_fd();
+    let mut command = Command::new(&spec.guardian);
     for name in &spec.env_remove {
         command.env_remove(name);
     }
     command
+        .arg0("engine-shim")
+        .arg(guardian::SUBCOMMAND)
+        .arg(report_fd.to_string())
+        .arg(&spec.program)
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -130,11 +152,12 @@ pub fn spawn_child(
         .process_group(0);
     let parent = rustix::process::getpid();
     let keep_lock = spec.keep_lock;
+    let kill_now = KILL_NOW;
     // SAFETY: the closure runs between fork and exec and only makes raw system calls through
     // rustix (no allocation, no locks), which is async-signal-safe.
     unsafe {
         command.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            rustix::process::set_parent_process_death_signal(Some(kill_now))?;
             // Closes the race where the parent died between fork and prctl: the signal would never
             // come, so give up now. The error is only seen if the parent is somehow still there.
             if rustix::process::getppid() != Some(parent) {
@@ -143,14 +166,26 @@ pub fn spawn_child(
             if let Some(lock) = keep_lock {
                 lock.keep_across_exec()?;
             }
+            let report = BorrowedFd::borrow_raw(report_fd);
+            rustix::io::fcntl_setfd(report, rustix::io::FdFlags::empty())?;
             Ok(())
         });
     }
     let started = Instant::now();
     let mut child = command.spawn()?;
-    let pid = child
+    // Only the guardian may hold the writing end: its end-of-file tells us it is done.
+    drop(report_write);
+    let guardian_pid = child
         .id()
-        .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
+        .ok_or_else(|| io::Error::other("spawned guardian has no pid"))?;
+    let pid = match read_report(report_read, REPORT_TIMEOUT) {
+        Ok(Report::Started(pid)) => pid,
+        Ok(Report::Failed(error)) => return Err(io::Error::other(error)),
+        Err(error) => {
+            let _ = signal_pid(guardian_pid, Signal::KILL);
+            return Err(error);
+        }
+    };
     let readers = [
         child
             .stdout
@@ -165,6 +200,7 @@ pub fn spawn_child(
     let supervised = Supervised {
         id,
         pid,
+        guardian_pid,
         label: spec.label.clone(),
         started,
         child,
@@ -183,10 +219,63 @@ pub fn spawn_child(
     })
 }
 
+/// Reads the guardian's one-line report. Blocks the calling thread for as long as the guardian
+/// takes to exec and fork (milliseconds), bounded by `within`.
+fn read_report(mut pipe: io::PipeReader, within: Duration) -> io::Result<Report> {
+    let deadline = Instant::now() + within;
+    let mut text = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::other(format!(
+                "the engine's guardian did not report within {}",
+                humantime::format_duration(within)
+            )));
+        }
+        let mut poll = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().min(60_000) as i32) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if ready == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 512];
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Report::parse(&String::from_utf8_lossy(&text)).ok_or_else(|| {
+        io::Error::other("the engine's guardian ended before it could start the engine")
+    })
+}
+
+fn signal_pid(pid: u32, signal: Signal) -> rustix::io::Result<()> {
+    match Pid::from_raw(pid as i32) {
+        Some(pid) => rustix::process::kill_process(pid, signal),
+        None => Ok(()),
+    }
+}
+
 /// The task-side state of one child; [`Supervised::run`] owns it until the child is reaped.
 struct Supervised {
     id: usize,
+    /// The engine's pid, for log lines and the exit report.
     pid: u32,
+    /// The guardian: our child, the one we wait for and signal.
+    guardian_pid: u32,
     label: String,
     started: Instant,
     child: Child,
@@ -296,9 +385,8 @@ impl Supervised {
                 }
             }
         };
+        // The guardian has exited: the engine and everything it left were killed and reaped.
         let uptime = self.started.elapsed();
-        // The leader is gone; anything it left in its group goes too, so no grandchild lingers.
-        self.signal_group(Signal::KILL);
         let readers = std::mem::take(&mut self.readers);
         let drained = tokio::time::timeout(OUTPUT_DRAIN_LIMIT, async {
             for reader in readers {
@@ -336,12 +424,16 @@ impl Supervised {
         }
     }
 
+    /// Asks the guardian to pass `signal` on: SIGTERM to the engine's group as it is, SIGKILL as
+    /// [`guardian::KILL_NOW`] (the whole tree; the guardian must survive to reap it).
     fn signal_group(&self, signal: Signal) {
-        let Some(pgid) = Pid::from_raw(self.pid as i32) else {
-            return;
+        let to_guardian = if signal == Signal::KILL {
+            KILL_NOW
+        } else {
+            signal
         };
-        match rustix::process::kill_process_group(pgid, signal) {
-            // The whole group is already gone.
+        match signal_pid(self.guardian_pid, to_guardian) {
+            // The guardian is already gone, and with it the whole tree.
             Ok(()) | Err(Errno::SRCH) => {}
             Err(error) => {
                 tracing::warn!(
@@ -349,7 +441,7 @@ impl Supervised {
                     pid = self.pid,
                     %error,
                     signal = signal.as_raw(),
-                    "cannot signal engine process group"
+                    "cannot signal the engine's guardian"
                 );
             }
         }
@@ -433,7 +525,26 @@ mod tests {
             env: vec![],
             keep_lock: None,
             env_remove: vec![],
+            guardian: guardian_binary(),
         }
+    }
+
+    /// The `engine-shim` binary beside this test executable (`cargo build --workspace --bins`).
+    fn guardian_binary() -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap();
+        let dir = if dir.ends_with("deps") {
+            dir.parent().unwrap()
+        } else {
+            dir
+        };
+        let path = dir.join("engine-shim");
+        assert!(
+            path.is_file(),
+            "{} is missing: run `cargo build --workspace --bins` first",
+            path.display()
+        );
+        path
     }
 
     /// One forwarded output line, as a log subscriber sees it.
@@ -798,7 +909,65 @@ mod tests {
         let (exits_tx, _exits) = mpsc::unbounded_channel();
         let mut spec = sh("1.0.0", "");
         spec.program = PathBuf::from("/nonexistent/engine");
-        let err = spawn_child(0, &spec, exits_tx).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let err = spawn_child(0, &spec, exits_tx).unwrap_err().to_string();
+        assert!(err.contains("cannot start /nonexistent/engine"), "{err}");
+        assert!(err.contains("No such file"), "{err}");
+    }
+
+    /// Starts an engine that leaves a helper behind in a session of its own (`setsid`), which no
+    /// process-group signal reaches; returns the engine's handle and the helper's pid.
+    async fn engine_with_escaped_helper(
+        lines: &mut UnboundedReceiver<Forwarded>,
+        exits: mpsc::UnboundedSender<ChildExit>,
+    ) -> (ChildHandle, u32) {
+        let script = r#"setsid sh -c 'trap "" TERM; echo "helper $$"; exec sleep 300' &
+                        exec sleep 300"#;
+        let child = spawn_child(0, &sh("1.0.0", script), exits).unwrap();
+        let line = line_where(lines, |l| l.message.starts_with("helper ")).await;
+        let helper: u32 = line.message["helper ".len()..].parse().unwrap();
+        assert!(!is_dead(helper));
+        (child, helper)
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_escaped_with_setsid_is_dead_before_the_exit_is_reported() {
+        let (_guard, mut lines) = capture();
+        let (exits_tx, mut exits) = mpsc::unbounded_channel();
+        let (child, helper) = engine_with_escaped_helper(&mut lines, exits_tx).await;
+        child.stop(Duration::from_secs(20));
+        let exit = next_exit(&mut exits).await;
+        assert_eq!(exit.pid, child.pid());
+        assert_eq!(
+            exit.status.signal(),
+            Some(Signal::TERM.as_raw()),
+            "{exit:?}"
+        );
+        // Not "soon after": the guardian reaped the helper before it exited, so before the report.
+        assert!(
+            is_dead(helper),
+            "helper {helper} outlived the engine's exit report"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_shims_death_takes_an_escaped_helper_along() {
+        // As in `child_gets_the_parent_death_signal`: the forking thread's end stands in for the
+        // shim's death.
+        let (helper, engine) = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let (_guard, mut lines) = capture();
+                let (exits_tx, _exits) = mpsc::unbounded_channel();
+                let (child, helper) = engine_with_escaped_helper(&mut lines, exits_tx).await;
+                (pidfd(helper), pidfd(child.pid()))
+            })
+        })
+        .join()
+        .unwrap();
+        terminated(engine).await;
+        terminated(helper).await;
     }
 }

@@ -321,7 +321,7 @@ async fn a_lock_path_that_is_a_directory_fails_naming_the_fix() {
 }
 
 #[tokio::test]
-async fn a_waiter_whose_file_was_deleted_locks_the_file_now_at_the_path() {
+async fn a_lock_file_deleted_while_held_still_excludes_a_newcomer() {
     let (_dir, path) = lock_path();
     let mut old_file_holder = lock_at(&path);
     granted(&mut old_file_holder, holder(1, "1.0.0")).await;
@@ -333,27 +333,132 @@ async fn a_waiter_whose_file_was_deleted_locks_the_file_now_at_the_path() {
         Some(LockEvent::Waiting { .. })
     ));
 
-    // Someone deletes the lock file; a new shim locks the fresh file at the same path.
+    // Someone deletes the lock file; a new shim opens the path and finds a fresh, unlocked file.
     std::fs::remove_file(&path).unwrap();
-    let mut new_file_holder = lock_at(&path);
-    granted(&mut new_file_holder, holder(3, "1.2.0")).await;
+    let mut newcomer = lock_at(&path);
+    let (tx, mut newcomer_events) = channel();
+    newcomer.acquire(holder(3, "1.2.0"), tx);
+    // It must wait: the holder of the deleted file still holds the directory's anchor.
+    assert!(matches!(
+        next(&mut newcomer_events).await,
+        Some(LockEvent::Waiting { .. })
+    ));
+    assert!(!newcomer.is_held());
 
-    // The waiter's old file is let go: it must not count as the lock, the fresh file does.
+    // The old holder lets go: exactly one of the two waiters gets the lock now at the path, and
+    // the other only once that one lets go.
     old_file_holder.release();
-    new_file_holder.release();
+    let first = tokio::select! {
+        event = next(&mut events) => (event, 2),
+        event = next(&mut newcomer_events) => (event, 3),
+    };
+    assert_eq!(first.0, Some(LockEvent::Granted { epoch: None }));
+    let (winner, loser, loser_events) = if first.1 == 2 {
+        (&mut waiter, &mut newcomer, &mut newcomer_events)
+    } else {
+        (&mut newcomer, &mut waiter, &mut events)
+    };
+    assert!(winner.is_held() && !loser.is_held());
+    winner.release();
+    assert_eq!(
+        next(loser_events).await,
+        Some(LockEvent::Granted { epoch: None })
+    );
+}
+
+#[tokio::test]
+async fn a_lock_file_replaced_while_held_still_excludes_a_newcomer() {
+    let (dir, path) = lock_path();
+    let mut holder_lock = lock_at(&path);
+    granted(&mut holder_lock, holder(1, "1.0.0")).await;
+    // `mv other engine-shim.lock`: the path now names another, unlocked file.
+    let other = dir.path().join("other");
+    std::fs::write(&other, b"").unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    let mut newcomer = lock_at(&path);
+    let (tx, mut events) = channel();
+    newcomer.acquire(holder(2, "1.1.0"), tx);
+    assert!(matches!(
+        next(&mut events).await,
+        Some(LockEvent::Waiting { .. })
+    ));
+    holder_lock.release();
     assert_eq!(
         next(&mut events).await,
         Some(LockEvent::Granted { epoch: None })
     );
-    let mut late = lock_at(&path);
-    let (tx, mut late_events) = channel();
-    late.acquire(holder(4, "1.3.0"), tx);
+}
+
+#[tokio::test]
+async fn lock_files_sharing_a_directory_do_not_exclude_each_other() {
+    let (dir, path) = lock_path();
+    let mut a = lock_at(&path);
+    granted(&mut a, holder(1, "1.0.0")).await;
+    std::fs::remove_file(&path).unwrap();
+    // Another lock file in the same directory is another lock, deleted neighbour or not.
+    let mut b = lock_at(&dir.path().join("engine-shim-b.lock"));
+    let (tx, mut events) = channel();
+    b.acquire(holder(2, "1.1.0"), tx);
     assert_eq!(
-        next(&mut late_events).await,
-        Some(LockEvent::Waiting {
-            holder: Some(holder(2, "1.1.0"))
-        })
+        next(&mut events).await,
+        Some(LockEvent::Granted { epoch: None })
     );
+}
+
+#[tokio::test]
+async fn a_symlink_at_the_lock_path_is_refused_and_its_target_untouched() {
+    let (dir, path) = lock_path();
+    let target = dir.path().join("precious");
+    std::fs::write(&target, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let mut lock = lock_at(&path);
+    let (tx, mut events) = channel();
+    lock.acquire(holder(1, "1.0.0"), tx);
+    match next(&mut events).await {
+        Some(LockEvent::Failed { error }) => {
+            assert!(error.contains("is a symbolic link"), "{error}");
+            assert!(error.contains("precious"), "{error}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    assert!(std::fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[tokio::test]
+async fn a_hard_link_or_a_fifo_at_the_lock_path_is_refused() {
+    let (dir, path) = lock_path();
+    let target = dir.path().join("precious");
+    std::fs::write(&target, b"keep me").unwrap();
+    std::fs::hard_link(&target, &path).unwrap();
+    let mut lock = lock_at(&path);
+    let (tx, mut events) = channel();
+    lock.acquire(holder(1, "1.0.0"), tx);
+    match next(&mut events).await {
+        Some(LockEvent::Failed { error }) => assert!(error.contains("2 hard links"), "{error}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+
+    std::fs::remove_file(&path).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let mut lock = lock_at(&path);
+    let (tx, mut events) = channel();
+    lock.acquire(holder(1, "1.0.0"), tx);
+    match next(&mut events).await {
+        Some(LockEvent::Failed { error }) => assert!(error.contains("a named pipe"), "{error}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
 }
 
 /// A separate process holding an flock on `path`, ready once it has said so.
