@@ -57,6 +57,13 @@ struct Args {
     #[arg(long)]
     ignore_term: bool,
 
+    /// Start a helper process that escapes into a session of its own (`setsid`), inherits every
+    /// descriptor not marked close-on-exec plus the data directory's lock, and outlives the engine
+    /// unless something kills it: as a real engine's sidecar left behind would. Its pid is logged
+    /// as a `helper` event.
+    #[arg(long)]
+    leave_helper: bool,
+
     /// Any further arguments, echoed into the events (e.g. the start block the shim substituted).
     #[arg(value_name = "ARGS", allow_hyphen_values = true)]
     extra: Vec<String>,
@@ -107,6 +114,12 @@ async fn run(args: Args) -> ExitCode {
         },
     };
     log.write("start", None);
+    if args.leave_helper {
+        match leave_helper(lock.as_ref()) {
+            Ok(pid) => log.write_as("helper", pid, None),
+            Err(error) => eprintln!("fake-engine: cannot start the helper: {error}"),
+        }
+    }
     say(&format!(
         "fake-engine {} started pid {}",
         args.as_version,
@@ -179,6 +192,32 @@ fn lock_data_dir(dir: &Path) -> Result<File, String> {
     }
 }
 
+/// Starts `sleep` in a new session, holding a copy of the data directory's lock; returns its pid.
+/// The child is deliberately never waited for.
+fn leave_helper(data_lock: Option<&File>) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let data_lock = data_lock.map(|file| file.as_raw_fd());
+    let mut command = std::process::Command::new("sleep");
+    command
+        .arg("3600")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid and fcntl are async-signal-safe system calls.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::setsid()?;
+            if let Some(fd) = data_lock {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+    Ok(command.spawn()?.id())
+}
+
 /// Appends events as JSON lines; every line is one `write` to an `O_APPEND` file, so lines from
 /// several engines sharing one file never mix.
 struct EventLog {
@@ -208,6 +247,11 @@ impl EventLog {
     }
 
     fn write(&self, event: &str, error: Option<&str>) {
+        self.write_as(event, std::process::id(), error);
+    }
+
+    /// An event about process `pid` (this engine, or a process it started).
+    fn write_as(&self, event: &str, pid: u32, error: Option<&str>) {
         let Some(path) = &self.path else { return };
         let unix_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -215,7 +259,7 @@ impl EventLog {
         let mut record = serde_json::json!({
             "event": event,
             "version": self.version.to_string(),
-            "pid": std::process::id(),
+            "pid": pid,
             "unix_nanos": u64::try_from(unix_nanos).unwrap_or(u64::MAX),
             "args": self.extra,
             "env": self.env,
