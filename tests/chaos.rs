@@ -1,7 +1,9 @@
 //! Chaos: seeded random runs of everything that can happen around a hand-over — release flips among
 //! 1.0, 1.1, 1.2 (and 1.3, which nothing fits), finality stalls and jumps, dropped node connections,
 //! engines crashing (SIGKILL), a shim SIGKILLed and started again, engines slow to stop or deaf to
-//! SIGTERM — on one shim with three engines or on two shims sharing the data directory and the lock.
+//! SIGTERM, engines that leave a helper behind holding the data directory (`setsid`), the lock file
+//! deleted or replaced while held — on one shim with three engines or on two shims sharing the data
+//! directory and the lock.
 //!
 //! Every run asserts the two promises: never two engines alive on one data directory (no
 //! `lock_failed` from fake-engine, and no overlap between lives seen in the events or through /proc),
@@ -76,6 +78,8 @@ enum Op {
     KillShim(usize),
     /// Let things happen for a while (varies the interleavings; nothing waits on it).
     Pause(u64),
+    /// Delete the lock file (`rm`, as a tmp cleaner would), or replace it with a fresh file (`mv`).
+    VanishLockFile { replace: bool },
 }
 
 #[derive(Debug)]
@@ -83,6 +87,8 @@ struct Plan {
     layout: Layout,
     initial: &'static str,
     stopping: [Stopping; 3],
+    /// Which versions' engines leave a helper behind (`fake-engine --leave-helper`).
+    helpers: [bool; 3],
     ops: Vec<Op>,
     final_release: &'static str,
 }
@@ -96,6 +102,7 @@ impl Plan {
             _ => Layout::Mixed,
         };
         let stopping = [(); 3].map(|_| Stopping::draw(&mut rng));
+        let helpers = [(); 3].map(|_| rng.percent(30));
         let release = |rng: &mut Rng| {
             if rng.percent(10) {
                 RELEASES[3]
@@ -125,6 +132,9 @@ impl Plan {
                 55..=64 => Op::DropConnections,
                 65..=74 => Op::CrashEngine,
                 75..=84 => Op::KillShim(rng.below(2) as usize),
+                85..=89 => Op::VanishLockFile {
+                    replace: rng.percent(50),
+                },
                 _ => Op::Pause(rng.between(0, 300)),
             })
             .collect();
@@ -137,6 +147,7 @@ impl Plan {
             layout,
             initial,
             stopping,
+            helpers,
             ops,
             final_release,
         }
@@ -144,7 +155,11 @@ impl Plan {
 
     fn flags_of(&self, version: &str) -> Vec<String> {
         let i = VERSIONS.iter().position(|v| *v == version).unwrap();
-        self.stopping[i].flags()
+        let mut flags = self.stopping[i].flags();
+        if self.helpers[i] {
+            flags.push("--leave-helper".into());
+        }
+        flags
     }
 }
 
@@ -176,6 +191,8 @@ struct Tally {
     engines_killed_after_grace: usize,
     crashes: usize,
     shims_killed: usize,
+    lock_files_vanished: usize,
+    helpers_left: usize,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -184,6 +201,8 @@ impl std::ops::AddAssign for Tally {
         self.engines_killed_after_grace += other.engines_killed_after_grace;
         self.crashes += other.crashes;
         self.shims_killed += other.shims_killed;
+        self.lock_files_vanished += other.lock_files_vanished;
+        self.helpers_left += other.helpers_left;
     }
 }
 
@@ -263,6 +282,17 @@ async fn run_plan(plan: &Plan, trace: SharedTrace) -> Tally {
                 retired.push(std::mem::replace(&mut shims[n].shim, shim));
             }
             Op::Pause(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Op::VanishLockFile { replace } => {
+                tally.lock_files_vanished += 1;
+                if replace {
+                    let fresh = host.dir.path().join("fresh.lock");
+                    std::fs::write(&fresh, b"").unwrap();
+                    std::fs::rename(&fresh, &host.lock).unwrap();
+                } else {
+                    // Absent already if nothing recreated it since the last deletion.
+                    let _ = std::fs::remove_file(&host.lock);
+                }
+            }
         }
         observe(&host, &trace);
     }
@@ -286,8 +316,16 @@ async fn run_plan(plan: &Plan, trace: SharedTrace) -> Tally {
         assert!(status.success(), "shim {n} exited with {status} on SIGTERM");
     }
     for engine in common::read_events(&host.events) {
-        if engine.event == "start" {
-            wait_gone(engine.pid, &format!("engine {}", engine.version)).await;
+        match engine.event.as_str() {
+            "start" => wait_gone(engine.pid, &format!("engine {}", engine.version)).await,
+            // Its engine's guardian killed it before the shim exited: nothing may be left.
+            "helper" => assert!(
+                common::is_gone(engine.pid),
+                "a helper of engine {} (pid {}) outlived its shim",
+                engine.version,
+                engine.pid
+            ),
+            _ => {}
         }
     }
     host.assert_no_lock_failed();
@@ -295,6 +333,7 @@ async fn run_plan(plan: &Plan, trace: SharedTrace) -> Tally {
     host.assert_lives_never_overlap(&seen_alive);
     let events = host.events();
     tally.engine_starts = events.iter().filter(|e| e.event == "start").count();
+    tally.helpers_left = events.iter().filter(|e| e.event == "helper").count();
     tally.engines_killed_after_grace = shims
         .iter()
         .map(|s| &s.shim)

@@ -38,8 +38,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::chaos::{
-    bury, children_of, crash_engines, note, observe, record_seen, run_all, seen_first_block,
-    settle, Rng, Settings, SettleShim, SharedTrace, Stopping,
+    bury, children_of, crash_engines, descendants_of, engines_of_shim, note, observe, record_seen,
+    run_all, seen_first_block, settle, Rng, Settings, SettleShim, SharedTrace, Stopping,
 };
 use common::failover::{
     engines_of, freeze, is_stopped, lock_epoch, ms_between, nanos, read_lease, thaw, wait_gone_at,
@@ -550,7 +550,7 @@ impl Run<'_> {
 
     async fn kill_shim(&mut self, n: usize) {
         let shim_pid = self.hosts[n].shim.proc.pid();
-        let engines: Vec<u32> = children_of(shim_pid);
+        let engines: Vec<u32> = engines_of_shim(shim_pid);
         record_seen(&self.trace, sample_alive(engines.iter().copied()));
         note(
             &self.trace,
@@ -630,7 +630,8 @@ impl Run<'_> {
         // its parent cannot reap, so the list stays true until the thaw.
         freeze(&[shim_pid]);
         wait_until("the host's shim to be stopped", || is_stopped(shim_pid)).await;
-        let children = children_of(shim_pid);
+        // Guardians and engines alike: a host pause stops every process.
+        let children = descendants_of(shim_pid);
         signal_children(&children, Signal::STOP);
         wait_until("the host's engines to be stopped", || {
             children.iter().all(|&pid| is_stopped(pid) || is_gone(pid))

@@ -198,6 +198,26 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Every process below `pid` now: its children, theirs, and so on.
+pub fn descendants_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        let children = children_of(parent);
+        next.extend(&children);
+        found.extend(children);
+    }
+    found
+}
+
+/// The engines a shim runs now: each runs under a guardian, the shim's child.
+pub fn engines_of_shim(shim: u32) -> Vec<u32> {
+    children_of(shim)
+        .into_iter()
+        .flat_map(children_of)
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Settling
 
@@ -286,15 +306,16 @@ pub async fn settle(
         alive, want,
         "after settling on release {release}, exactly the compatible engine runs"
     );
-    // Its parent is the shim that runs it (checked while it runs, so the pid is not reused).
+    // Its parent is the guardian of the shim that runs it (checked while it runs, so the pids
+    // are not reused).
     let owner = expected.as_ref().map(|e| {
-        let parent = parent_pid(e.pid);
+        let parent = parent_pid(e.pid).and_then(parent_pid);
         shims
             .iter()
             .position(|s| Some(s.shim.proc.pid()) == parent)
             .unwrap_or_else(|| {
                 panic!(
-                    "engine {} (pid {}) is no child of a running shim (parent {parent:?})",
+                    "engine {} (pid {}) is no grandchild of a running shim (grandparent {parent:?})",
                     e.version, e.pid
                 )
             })
