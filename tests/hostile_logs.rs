@@ -319,6 +319,7 @@ async fn engine_and_node_text_cannot_forge_a_log_line() {
     let host = Host::new();
     let prelude = r"printf 'innocent\rINFO forged line\n'
 printf 'clear\033[2J title\033]0;owned\007 del\177 csi\302\233 end\n'
+printf 'soh\001 vt\013 tab\t nul-free end\n'
 printf 'unicode ünïcödé ✓ stays\n'";
     let engines = [engine_after(&host, "1.0.0", prelude)];
     let shim = Proc::spawn(
@@ -365,11 +366,15 @@ printf 'unicode ünïcödé ✓ stays\n'";
         "the engine's \\r is escaped on its line:\n{text}"
     );
     assert!(
-        text.contains(r"clear\u{1b}[2J title\u{1b}]0;owned\u{7} del\u{7f} csi\u{9b} end"),
+        text.contains(r"clear\x1b[2J title\x1b]0;owned\x07 del\x7f csi\u{9b} end"),
         "ESC, BEL, DEL and C1 are escaped:\n{text}"
     );
     assert!(
-        text.contains(r"node says\nERROR forged by the node\u{1b}[31m"),
+        text.contains(r"soh\x01 vt\x0b tab\t nul-free end"),
+        "every other C0 control is escaped:\n{text}"
+    );
+    assert!(
+        text.contains(r"node says\nERROR forged by the node\x1b[31m"),
         "the node's \\n and ESC are escaped:\n{text}"
     );
     for line in &lines {

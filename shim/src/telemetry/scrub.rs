@@ -31,9 +31,11 @@ pub fn clean_line(format: LogFormat, line: &str) -> String {
     clean
 }
 
-/// Every control character (C0, DEL, C1) written as an escape, `\n`, `\r`, `\t` or `\u{1b}`;
-/// everything else, non-ASCII text included, unchanged. Backslashes are left alone: a literal
-/// `\n` typed by an engine stays on its line and forges nothing.
+/// Every control character written as an escape: `\n`, `\r`, `\t`, other C0 controls and DEL
+/// as `\x1b`, C1 controls as `\u{9b}` (the spelling `tracing-subscriber` already uses for the
+/// few it escapes itself, so every escape in a line looks alike). Everything else, non-ASCII
+/// text included, is unchanged. Backslashes are left alone: a literal `\n` typed by an engine
+/// stays on its line and forges nothing.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
@@ -44,6 +46,7 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
             c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
             c => out.push(c),
         }
@@ -294,7 +297,7 @@ mod tests {
         );
         assert_eq!(
             clean_line(LogFormat::Text, "a\nb\tc\u{1b}[2J\u{7}\u{0}\u{7f}\u{9b}d\n"),
-            "a\\nb\\tc\\u{1b}[2J\\u{7}\\u{0}\\u{7f}\\u{9b}d\n"
+            "a\\nb\\tc\\x1b[2J\\x07\\x00\\x7f\\u{9b}d\n"
         );
         let unicode = "ünïcödé ✓ — 0x4d66…fb38 😀\n";
         assert_eq!(clean_line(LogFormat::Text, unicode), unicode);

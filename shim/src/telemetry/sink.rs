@@ -292,7 +292,7 @@ mod tests {
         assert!(dropped_lines() - before >= (QUEUE_BYTES / line.len()) as u64 - 1);
         let first = String::from_utf8(queue.lines[0].clone()).unwrap();
         assert!(
-            first.starts_with("postgres://shim:<redacted>@db \\u{1b}[2J x"),
+            first.starts_with("postgres://shim:<redacted>@db \\x1b[2J x"),
             "{first}"
         );
         drop(queue);
