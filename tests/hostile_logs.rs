@@ -442,8 +442,9 @@ async fn an_upper_case_url_is_a_postgres_lock_and_its_password_stays_out_of_the_
             .await;
         let (_, error) = shim
             .output
-            .wait_for(started, "the database error", |l| {
-                l.contains("127.0.0.1:1").then(|| l.to_string())
+            .wait_for(started + 1, "the database error", |l| {
+                l.contains("cannot reach the lock database")
+                    .then(|| l.to_string())
             })
             .await;
         assert!(
