@@ -97,6 +97,11 @@ impl Sink {
             Err(_) if to_stderr => Box::new(std::io::stderr()),
             Err(_) => Box::new(std::io::stdout()),
         };
+        Sink::start_on(format, output)
+    }
+
+    /// Starts the writer thread on `output`.
+    fn start_on(format: LogFormat, output: Box<dyn Write + Send>) -> Sink {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
@@ -268,6 +273,31 @@ mod tests {
             None
         );
         assert_eq!(report_due(7, 5, true, false, second), Some(2));
+    }
+
+    #[test]
+    fn a_blocked_output_neither_blocks_logging_nor_holds_up_the_flush_for_long() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let sink = Sink::start_on(LogFormat::Text, Box::new(writer));
+        // Far more than the pipe and the queue hold together; nobody reads the pipe yet.
+        let line = format!("{}\n", "y".repeat(200));
+        let lines = 4 * QUEUE_BYTES / line.len();
+        let before = dropped_lines();
+        // Were a log call to wait for the output, this loop would never end.
+        for _ in 0..lines {
+            sink.make_writer().write_all(line.as_bytes()).unwrap();
+        }
+        assert!(dropped_lines() > before, "a full queue drops lines");
+        assert!(
+            !sink.flush(Duration::from_millis(50)),
+            "nothing drains while blocked"
+        );
+        // Once the output is read again, every queued line gets through.
+        let reading =
+            std::thread::spawn(move || std::io::copy(&mut { reader }, &mut std::io::sink()));
+        assert!(sink.flush(Duration::from_secs(30)), "the queue drains");
+        // The reader and the writer thread live on, detached, like the process's own writer.
+        drop(reading);
     }
 
     #[test]
