@@ -134,28 +134,52 @@ fn faultable_list() -> String {
 
 /// The faults in force, by canonical method name.
 #[derive(Debug, Clone, Default)]
-pub struct Faults(BTreeMap<&'static str, FaultMode>);
+pub struct Faults {
+    modes: BTreeMap<&'static str, FaultMode>,
+    /// The message of a [`FaultMode::Error`] answer, where a test chose one (any text, control
+    /// characters included, as a hostile or broken node might send).
+    messages: BTreeMap<&'static str, String>,
+}
 
 impl Faults {
     /// Sets (or with [`FaultMode::None`] clears) the fault of a method or alias.
     pub fn set(&mut self, method: &str, mode: FaultMode) -> Result<(), FaultError> {
+        self.set_with_message(method, mode, None)
+    }
+
+    /// As [`Faults::set`]; an `error` fault answers with `message` if given.
+    pub fn set_with_message(
+        &mut self,
+        method: &str,
+        mode: FaultMode,
+        message: Option<String>,
+    ) -> Result<(), FaultError> {
         let canonical = canonical_method(method)
             .ok_or_else(|| FaultError::UnknownMethod(method.to_string()))?;
         match mode {
-            FaultMode::None => self.0.remove(canonical),
-            mode => self.0.insert(canonical, mode),
+            FaultMode::None => self.modes.remove(canonical),
+            mode => self.modes.insert(canonical, mode),
+        };
+        match message {
+            Some(message) if mode == FaultMode::Error => self.messages.insert(canonical, message),
+            _ => self.messages.remove(canonical),
         };
         Ok(())
     }
 
     /// The fault of a canonical method name.
     pub fn get(&self, canonical: &str) -> FaultMode {
-        self.0.get(canonical).copied().unwrap_or_default()
+        self.modes.get(canonical).copied().unwrap_or_default()
+    }
+
+    /// The chosen error message of a canonical method name, if any.
+    pub fn message(&self, canonical: &str) -> Option<&str> {
+        self.messages.get(canonical).map(String::as_str)
     }
 
     /// Active faults as `(canonical method, mode)`, sorted by method.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, FaultMode)> + '_ {
-        self.0.iter().map(|(k, v)| (*k, *v))
+        self.modes.iter().map(|(k, v)| (*k, *v))
     }
 }
 
@@ -163,6 +187,29 @@ impl Faults {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_error_fault_may_carry_the_message_a_test_chose() {
+        let mut faults = Faults::default();
+        faults
+            .set_with_message(
+                "state_getStorageAt",
+                FaultMode::Error,
+                Some("line one\nline two".into()),
+            )
+            .unwrap();
+        assert_eq!(
+            faults.message("state_getStorage"),
+            Some("line one\nline two")
+        );
+        // Any other mode, or the same mode without a message, drops it.
+        faults.set("state_getStorage", FaultMode::Error).unwrap();
+        assert_eq!(faults.message("state_getStorage"), None);
+        faults
+            .set_with_message("state_getStorage", FaultMode::Garbage, Some("x".into()))
+            .unwrap();
+        assert_eq!(faults.message("state_getStorage"), None);
+    }
 
     #[test]
     fn aliases_share_their_canonical_fault() {

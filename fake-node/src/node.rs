@@ -208,6 +208,21 @@ impl NodeState {
         self.faults.set(method, mode)
     }
 
+    /// As [`NodeState::set_fault`], with the message an `error` fault answers with.
+    pub fn set_fault_with_message(
+        &mut self,
+        method: &str,
+        mode: FaultMode,
+        message: Option<String>,
+    ) -> Result<(), FaultError> {
+        self.faults.set_with_message(method, mode, message)
+    }
+
+    /// The message chosen for a canonical method's `error` fault, if any.
+    pub fn fault_message(&self, canonical: &str) -> Option<String> {
+        self.faults.message(canonical).map(str::to_string)
+    }
+
     /// The fault of a canonical method name.
     pub fn fault(&self, canonical: &str) -> FaultMode {
         self.faults.get(canonical)

@@ -157,12 +157,12 @@ fn invalid(message: impl Into<String>) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(INVALID_PARAMS, message, None::<()>)
 }
 
-fn injected(method: &str) -> ErrorObjectOwned {
-    ErrorObjectOwned::owned(
-        INJECTED_FAULT,
-        format!("injected fault: {method} answers with an error (clear it with fake_setFault)"),
-        None::<()>,
-    )
+/// The error of an `error` fault: the message the test chose, or one naming the fault.
+fn injected(shared: &Shared, method: &str) -> ErrorObjectOwned {
+    let message = shared.lock().node.fault_message(method).unwrap_or_else(|| {
+        format!("injected fault: {method} answers with an error (clear it with fake_setFault)")
+    });
+    ErrorObjectOwned::owned(INJECTED_FAULT, message, None::<()>)
 }
 
 fn unknown_block(hash: &BlockHash) -> ErrorObjectOwned {
@@ -252,7 +252,7 @@ fn faultable(
     module
         .register_async_method(name, move |params, shared, _| async move {
             match shared.fault_after_hang(name).await {
-                FaultMode::Error => Err(injected(name)),
+                FaultMode::Error => Err(injected(&shared, name)),
                 mode => {
                     let args = args(&params)?;
                     let result = handler(&mut shared.lock(), &args)?;
@@ -393,7 +393,7 @@ impl Inner {
 /// unsubscribes or goes away.
 async fn follow(shared: Arc<Shared>, pending: PendingSubscriptionSink, heads: Heads, method: &str) {
     if shared.fault_after_hang(method).await == FaultMode::Error {
-        pending.reject(injected(method)).await;
+        pending.reject(injected(&shared, method)).await;
         return;
     }
     let Ok(sink) = pending.accept().await else {
@@ -591,11 +591,16 @@ fn register_control(module: &mut RpcModule<Shared>) {
     module
         .register_method("fake_setFault", |params, shared, _| -> RpcResult {
             let args = args(&params)?;
-            let usage = "fake_setFault takes {\"method\": NAME, \"mode\": \"garbage\"|\"non_hex\"|\"error\"|\"hang\"|\"none\"}";
-            let (method, mode) = match (arg(&args, 0), arg(&args, 1)) {
-                (Some(Value::Object(o)), None) => (o.get("method"), o.get("mode")),
-                (Some(method), Some(mode)) => (Some(method), Some(mode)),
+            let usage = "fake_setFault takes {\"method\": NAME, \"mode\": \"garbage\"|\"non_hex\"|\"error\"|\"hang\"|\"none\", \"message\": TEXT (optional, for error)}";
+            let (method, mode, message) = match (arg(&args, 0), arg(&args, 1)) {
+                (Some(Value::Object(o)), None) => (o.get("method"), o.get("mode"), o.get("message")),
+                (Some(method), Some(mode)) => (Some(method), Some(mode), None),
                 _ => return Err(invalid(usage)),
+            };
+            let message = match message {
+                None | Some(Value::Null) => None,
+                Some(Value::String(text)) => Some(text.clone()),
+                Some(_) => return Err(invalid(usage)),
             };
             let (Some(method), Some(mode)) = (
                 method.and_then(Value::as_str),
@@ -605,7 +610,7 @@ fn register_control(module: &mut RpcModule<Shared>) {
             };
             let mode: FaultMode = mode.parse().map_err(|e: crate::fault::FaultError| invalid(e.to_string()))?;
             shared
-                .update(|node| node.set_fault(method, mode))
+                .update(|node| node.set_fault_with_message(method, mode, message))
                 .map_err(|e| invalid(e.to_string()))?;
             tracing::info!(method, %mode, "fault set");
             Ok(serde_json::to_value(shared.read(|node| node.status().faults)).expect("faults serialize"))

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            telemetry::init(config.log_format, false);
+            let _logs = telemetry::init(config.log_format, false);
             match runtime.block_on(run::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         }
         Command::Handoff(args) => runtime.block_on(hand_off(args)),
         Command::Check(args) => {
-            telemetry::init(args.chain.log_format, true);
+            let _logs = telemetry::init(args.chain.log_format, true);
             ExitCode::from(runtime.block_on(check::run(args)))
         }
     }

@@ -124,6 +124,13 @@ impl Metrics {
                 "Completed hand-offs.",
                 s.hand_offs.to_string(),
             );
+            let dropped = "engine_shim_log_lines_dropped_total";
+            let _ = write!(
+                out,
+                "# HELP {dropped} Log lines dropped because the log output was blocked.\n\
+                 # TYPE {dropped} counter\n{dropped} {}\n",
+                crate::telemetry::dropped_lines()
+            );
             let mut info = |name: &str, help: &str, version: Option<SemVer>| {
                 if let Some(v) = version {
                     let _ = write!(
@@ -228,6 +235,21 @@ mod tests {
         );
         assert!(
             text.contains("engine_shim_release_info{version=\"1.1.0\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn renders_the_dropped_log_lines_counter() {
+        let text = Metrics::default().render();
+        assert!(
+            text.contains("# TYPE engine_shim_log_lines_dropped_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l
+                .strip_prefix("engine_shim_log_lines_dropped_total ")
+                .is_some_and(|n| n.parse::<u64>().is_ok())),
             "{text}"
         );
     }

@@ -110,14 +110,10 @@ fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
             .collect();
         return Ok(LockSpec::default_for(config.lock_dir.as_deref(), &args));
     };
-    // A PostgreSQL URL is not repeated: a mistaken one may carry a password.
-    let shown = if text.starts_with("postgres") {
-        "postgres://…"
-    } else {
-        text.as_str()
-    };
+    // A URL is not repeated past its scheme: a mistaken one may carry a password.
+    let shown = LockSpec::shown_safely(text);
     let usage = |e: LockSpecError| UsageError(format!("--lock {shown}: {e}"));
-    let password = if text.starts_with("postgres") {
+    let password = if LockSpec::is_postgres(text) {
         Password::from_env(config.lock_password_file.as_deref()).map_err(usage)?
     } else {
         None

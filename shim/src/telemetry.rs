@@ -3,11 +3,17 @@
 //! The gate and the follower say *what* happened; this module says it in words. The WAITING and
 //! "no longer compatible" lines keep Chainflip's exact wording so existing alerts keep working.
 //! In JSON mode each line is tracing's `{"timestamp","level","fields":{"message",…},"target"}`,
-//! the same shape the engine itself logs.
+//! the same shape the engine itself logs. Lines pass through [`sink`] (never blocks, counts
+//! what it drops) and [`scrub`] (no forged lines, no passwords) on their way out.
+
+mod scrub;
+mod sink;
 
 use std::time::Duration;
 
 use tracing::{error, info, warn};
+
+pub use sink::{dropped_lines, LogGuard};
 
 use crate::follower::FollowerEvent;
 use crate::gate::Notice;
@@ -21,21 +27,24 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
-pub fn init(format: LogFormat, to_stderr: bool) {
+/// Installs the global subscriber, writing through a [`sink::Sink`] to stdout (or stderr): log
+/// calls never wait for the output, and every line is cleaned by [`scrub::clean_line`] (controls
+/// escaped, passwords redacted). `RUST_LOG` overrides the default `info` level. Keep the guard
+/// until the process exits: dropping it gives the last lines a bounded time to be written.
+pub fn init(format: LogFormat, to_stderr: bool) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let sink = sink::Sink::start(format, to_stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(sink.clone());
     // `try_init` so a second call (tests) is harmless.
-    let _ = match (format, to_stderr) {
-        (LogFormat::Text, false) => builder.with_ansi(false).try_init(),
-        (LogFormat::Text, true) => builder
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .try_init(),
-        (LogFormat::Json, false) => builder.json().try_init(),
-        (LogFormat::Json, true) => builder.json().with_writer(std::io::stderr).try_init(),
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
     };
+    LogGuard::new(sink)
 }
 
 /// Chainflip's waiting line, verbatim.

@@ -203,13 +203,14 @@ pub struct PgLockConfig {
 
 impl PgLockConfig {
     /// Checks `url` (`postgres://USER@HOST[:PORT]/DATABASE`, or `postgresql://`) and the options.
+    /// The scheme may be in any case and the URL may have spaces around it (see [`postgres_url`]).
     pub fn new(url: &str, options: &PgOptions) -> Result<Self, LockSpecError> {
-        let url = url.trim();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        let Some(url) = postgres_url(url) else {
             return Err(LockSpecError::BadPostgresUrl(
                 "it must start with postgres:// or postgresql://".into(),
             ));
-        }
+        };
+        let url = url.as_str();
         // Checked on the text first, so that nothing below can echo a password.
         if userinfo_has_password(url) {
             return Err(LockSpecError::PasswordInUrl);
@@ -291,6 +292,19 @@ impl fmt::Display for PgLockConfig {
             humantime::format_duration(self.renew)
         )
     }
+}
+
+/// `text` as a PostgreSQL URL with its scheme lower-cased, if it is one: spaces around it and the
+/// scheme's case (`POSTGRES://`, `PostgreSQL://`) do not matter, as in any URL. `None` for
+/// anything else. Every test of "is this a PostgreSQL lock?" goes through here, so that no
+/// spelling of a URL that holds a password can be taken for a file name or an unknown value and
+/// repeated in a message.
+pub(crate) fn postgres_url(text: &str) -> Option<String> {
+    let (scheme, rest) = text.trim().split_once("://")?;
+    ["postgres", "postgresql"]
+        .iter()
+        .any(|known| scheme.eq_ignore_ascii_case(known))
+        .then(|| format!("{}://{rest}", scheme.to_ascii_lowercase()))
 }
 
 /// Whether the URL's user-info part (`user:password@`) has a password, even an empty one.
@@ -412,6 +426,36 @@ mod tests {
             assert!(message.contains(PASSWORD_ENV), "{message}");
             assert!(message.contains(PASSWORD_FILE_ENV), "{message}");
         }
+    }
+
+    #[test]
+    fn the_scheme_is_recognised_in_any_case_and_around_spaces() {
+        assert_eq!(
+            postgres_url(" POSTGRES://shim@db/locks\n").as_deref(),
+            Some("postgres://shim@db/locks")
+        );
+        assert_eq!(
+            postgres_url("PostgreSQL://shim@db/locks").as_deref(),
+            Some("postgresql://shim@db/locks")
+        );
+        for other in ["postgress://shim@db", "file:/x", "none", "postgres:/x", ""] {
+            assert_eq!(postgres_url(other), None, "{other}");
+        }
+        let config = config("  POSTGRESQL://shim@db:5432/locks ").unwrap();
+        assert_eq!(config.url(), "postgresql://shim@db:5432/locks");
+        for url in [
+            " POSTGRES://shim:secret@db/locks",
+            "PostgreSQL://shim:secret@db/locks",
+            "\tpostgres://shim:secret@db/locks",
+        ] {
+            let err = config_err(url);
+            assert_eq!(err, LockSpecError::PasswordInUrl, "{url}");
+            assert!(!err.to_string().contains("secret"));
+        }
+    }
+
+    fn config_err(url: &str) -> LockSpecError {
+        PgLockConfig::new(url, &PgOptions::default()).unwrap_err()
     }
 
     #[test]

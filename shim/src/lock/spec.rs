@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::pg_config::{PgLockConfig, PgOptions, PASSWORD_ENV, PASSWORD_FILE_ENV};
+use super::pg_config::{postgres_url, PgLockConfig, PgOptions, PASSWORD_ENV, PASSWORD_FILE_ENV};
 
 /// Chainflip engine's default `--config-root`: the directory both engine packages on a host share.
 pub const DEFAULT_CONFIG_ROOT: &str = "/etc/chainflip";
@@ -55,24 +55,27 @@ impl LockSpec {
                 path => Ok(LockSpec::File(PathBuf::from(path))),
             };
         }
-        if is_postgres_url(text) {
+        if LockSpec::is_postgres(text) {
             return PgLockConfig::new(text, options)
                 .map(|config| LockSpec::Postgres(Box::new(config)));
         }
-        Err(LockSpecError::Unknown(shown_safely(text)))
+        Err(LockSpecError::Unknown(LockSpec::shown_safely(text)))
     }
-}
 
-fn is_postgres_url(text: &str) -> bool {
-    text.starts_with("postgres://") || text.starts_with("postgresql://")
-}
+    /// Whether a `--lock` value names a PostgreSQL lock, however its scheme is spelt and spaced
+    /// (it then takes a password from the environment).
+    pub fn is_postgres(text: &str) -> bool {
+        postgres_url(text).is_some()
+    }
 
-/// An unrecognised `--lock` value as an error may repeat it: a URL-like value is cut to its
-/// scheme, since what follows may hold a password.
-fn shown_safely(text: &str) -> String {
-    match text.split_once("://") {
-        Some((scheme, _)) => format!("{scheme}://…"),
-        None => text.to_string(),
+    /// A `--lock` value as a message may repeat it: a URL-like value is cut to its scheme, since
+    /// what follows may hold a password.
+    pub fn shown_safely(text: &str) -> String {
+        let text = text.trim();
+        match text.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…"),
+            None => text.to_string(),
+        }
     }
 }
 
@@ -140,7 +143,7 @@ impl FromStr for LockSpec {
     /// PostgreSQL URL with the default options and the password from the environment (use
     /// [`LockSpec::parse_with`] to pass options).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let options = if is_postgres_url(s.trim()) {
+        let options = if LockSpec::is_postgres(s) {
             PgOptions::from_env()?
         } else {
             PgOptions::default()
@@ -227,6 +230,30 @@ mod tests {
         }
         // The options mean nothing to the other locks.
         assert_eq!(LockSpec::parse_with("none", &options), Ok(LockSpec::None));
+    }
+
+    #[test]
+    fn any_spelling_of_a_postgres_url_is_one_and_a_password_in_it_is_never_shown() {
+        let options = PgOptions::default();
+        for url in [
+            " POSTGRES://shim:s3cret@127.0.0.1:1/locks",
+            "PostgreSQL://shim:s3cret@db/locks",
+            "postgres://shim:s3cret@db/locks ",
+        ] {
+            assert!(LockSpec::is_postgres(url), "{url}");
+            let err = LockSpec::parse_with(url, &options).unwrap_err();
+            assert_eq!(err, LockSpecError::PasswordInUrl, "{url}");
+            assert!(!LockSpec::shown_safely(url).contains("s3cret"));
+        }
+        match LockSpec::parse_with(" POSTGRES://shim@db/locks", &options) {
+            Ok(LockSpec::Postgres(config)) => assert_eq!(config.url(), "postgres://shim@db/locks"),
+            other => panic!("expected a PostgreSQL lock, got {other:?}"),
+        }
+        assert_eq!(LockSpec::shown_safely(" file:/x "), "file:/x");
+        assert_eq!(
+            LockSpec::shown_safely("MySQL://shim:s3cret@db"),
+            "MySQL://…"
+        );
     }
 
     #[test]
