@@ -4,6 +4,7 @@
 //! turns observations and child exits into actions, and the [`supervisor`] carries them out on real
 //! processes. [`check`] answers the same compatibility question once, for scripts and CI.
 
+pub mod accept;
 pub mod backoff;
 pub mod block;
 pub mod check;
