@@ -164,10 +164,7 @@ mod tests {
         let mut errors = errors();
         let now = Instant::now();
         let delays: Vec<_> = (0..9).map(|_| errors.failed(now).delay).collect();
-        assert_eq!(
-            delays,
-            [10, 20, 40, 80, 160, 320, 640, 1000, 1000].map(MS)
-        );
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1000, 1000].map(MS));
         errors.accepted();
         assert_eq!(errors.failed(now).delay, MS(10));
     }
@@ -179,7 +176,11 @@ mod tests {
         let lines: Vec<_> = (0..25u64)
             .map(|i| errors.failed(start + Duration::from_secs(i)).line)
             .collect();
-        let logged: Vec<_> = lines.iter().enumerate().filter(|(_, l)| l.is_some()).collect();
+        let logged: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_some())
+            .collect();
         assert_eq!(
             logged,
             [

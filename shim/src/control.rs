@@ -263,7 +263,10 @@ mod tests {
         assert_eq!(read(b"handoff\n").await, Ok("handoff".to_string()));
         assert_eq!(read(b"handoff").await, Ok("handoff".to_string()));
         assert_eq!(read(b"0123456789abcdef").await, Err(BadRequest::TooLong));
-        assert_eq!(read(b"0123456789abcdefXYZ\n").await, Err(BadRequest::TooLong));
+        assert_eq!(
+            read(b"0123456789abcdefXYZ\n").await,
+            Err(BadRequest::TooLong)
+        );
         assert_eq!(read(b"0123456789abcde\n").await.unwrap().len(), 15);
         // A client that never finishes its line.
         let (_client, server) = tokio::io::duplex(64);

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod follower;
 pub mod gate;
+pub mod handoff_pid;
 pub mod lock;
 pub mod metrics;
 pub mod probe;

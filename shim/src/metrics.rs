@@ -374,9 +374,14 @@ mod tests {
         let _slow = TcpStream::connect(addr).await.unwrap();
         let mut huge = TcpStream::connect(addr).await.unwrap();
         let _ = huge.write_all(&vec![b'a'; 64 * 1024]).await;
-        let mut answer = String::new();
-        let _ = huge.read_to_string(&mut answer).await;
-        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        // The shim answers 431 and closes; with the rest of the request unread, TCP may turn the
+        // close into a reset that overtakes the answer, so only the closing is certain.
+        let mut answer = Vec::new();
+        let closed = huge.read_to_end(&mut answer).await;
+        assert!(
+            closed.is_err() || answer.starts_with(b"HTTP/1.1 431"),
+            "{closed:?} {answer:?}"
+        );
         let mut other = TcpStream::connect(addr).await.unwrap();
         other
             .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")

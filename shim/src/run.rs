@@ -163,14 +163,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (control_tx, control_rx) = mpsc::channel(8);
     // Held until `run` returns, however it returns: dropping it removes the socket file.
     let _control_socket = match &config.control_socket {
-        Some(path) => Some(
-            control::serve(path.clone(), control_tx)
-                .await
-                .map_err(|e| match e {
-                    control::ListenError::Refused(message) => UsageError(message).into(),
-                    e => anyhow::Error::new(e),
-                })?,
-        ),
+        Some(path) => Some(control::serve(path.clone(), control_tx).await.map_err(
+            |e| match e {
+                control::ListenError::Refused(message) => UsageError(message).into(),
+                e => anyhow::Error::new(e),
+            },
+        )?),
         None => None,
     };
     let metrics = Arc::new(Metrics::default());

@@ -127,7 +127,10 @@ impl Drop for SocketPath {
         match fs::symlink_metadata(&self.path) {
             Ok(m) if m.file_type().is_socket() && (m.dev(), m.ino()) == self.id => {
                 if let Err(e) = fs::remove_file(&self.path) {
-                    warn!("cannot remove the control socket {}: {e}", self.path.display());
+                    warn!(
+                        "cannot remove the control socket {}: {e}",
+                        self.path.display()
+                    );
                 }
             }
             Ok(_) => warn!(
@@ -207,9 +210,7 @@ impl PrivateDir {
                     fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?;
                     return Ok(dir);
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 8 => {
-                    attempts += 1
-                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 8 => attempts += 1,
                 Err(e) => return Err(e),
             }
         }
@@ -264,13 +265,19 @@ mod tests {
         let file = dir.path().join("Settings.toml");
         fs::write(&file, b"[node]\n").unwrap();
         let message = refused(bind(&file));
-        assert!(message.contains("is a regular file of 7 bytes, not a socket"), "{message}");
+        assert!(
+            message.contains("is a regular file of 7 bytes, not a socket"),
+            "{message}"
+        );
         assert_eq!(fs::read(&file).unwrap(), b"[node]\n");
 
         let link = dir.path().join("link.sock");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         assert!(refused(bind(&link)).contains("is a symbolic link"));
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
 
         let sub = dir.path().join("sub");
         fs::create_dir(&sub).unwrap();
