@@ -127,27 +127,28 @@ pub async fn read_request(
 }
 
 async fn answer(stream: UnixStream, requests: mpsc::Sender<HandOffRequest>) {
+    // The peer's credentials were fixed at connect time; the request is read first all the same,
+    // so a refused client that is still writing gets its answer rather than a broken pipe.
     let refusal = refuse_peer(&stream);
     let (read, mut write) = stream.into_split();
-    let reply = match refusal {
-        Some(refusal) => refusal,
-        None => match read_request(read, MAX_REQUEST, REQUEST_TIMEOUT).await {
-            Ok(line) if line == HANDOFF => {
-                let (reply, answer) = oneshot::channel();
-                if requests.send(HandOffRequest { reply }).await.is_err() {
-                    "error: the instance is shutting down".to_string()
-                } else {
-                    answer
-                        .await
-                        .unwrap_or_else(|_| "error: the instance is shutting down".to_string())
-                }
+    let request = read_request(read, MAX_REQUEST, REQUEST_TIMEOUT).await;
+    let reply = match (refusal, request) {
+        (Some(refusal), _) => refusal,
+        (None, Ok(line)) if line == HANDOFF => {
+            let (reply, answer) = oneshot::channel();
+            if requests.send(HandOffRequest { reply }).await.is_err() {
+                "error: the instance is shutting down".to_string()
+            } else {
+                answer
+                    .await
+                    .unwrap_or_else(|_| "error: the instance is shutting down".to_string())
             }
-            Ok(line) => format!(
-                "error: unknown request {:?}; the only request is {HANDOFF:?}",
-                line.chars().take(64).collect::<String>()
-            ),
-            Err(bad) => bad.answer(),
-        },
+        }
+        (None, Ok(line)) => format!(
+            "error: unknown request {:?}; the only request is {HANDOFF:?}",
+            line.chars().take(64).collect::<String>()
+        ),
+        (None, Err(bad)) => bad.answer(),
     };
     let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
 }
