@@ -15,6 +15,9 @@ use rustix::process::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
+/// The line that says the control socket is ready.
+const LISTENING: &str = "listening for hand-off requests on the control socket";
+
 /// Runs `engine-shim handoff ARGS` to completion: exit code and everything it printed.
 async fn hand_off(args: &[&str]) -> (i32, String) {
     hand_off_as(args, None).await
@@ -93,14 +96,20 @@ async fn what_is_not_a_stale_socket_at_the_control_socket_path_is_refused_and_le
     fs::write(directory.join("key"), b"secret").unwrap();
     let (code, message) = refusal(shim_without_node(dir.path(), &directory)).await;
     assert_eq!(code, 2, "{message}");
-    assert!(message.contains("is a directory, not a socket"), "{message}");
+    assert!(
+        message.contains("is a directory, not a socket"),
+        "{message}"
+    );
     assert_eq!(fs::read(directory.join("key")).unwrap(), b"secret");
 
     let link = dir.path().join("shim.sock");
     std::os::unix::fs::symlink(&settings, &link).unwrap();
     let (code, message) = refusal(shim_without_node(dir.path(), &link)).await;
     assert_eq!(code, 2, "{message}");
-    assert!(message.contains("is a symbolic link, not a socket"), "{message}");
+    assert!(
+        message.contains("is a symbolic link, not a socket"),
+        "{message}"
+    );
     assert_eq!(fs::read_link(&link).unwrap(), settings);
     assert_eq!(fs::read(&settings).unwrap(), content);
 
@@ -136,8 +145,7 @@ async fn a_stale_socket_is_replaced_by_one_of_mode_0600_that_goes_away_on_exit()
                 });
             }
         });
-    shim.wait_message(0, &["listening for hand-off requests on the control socket"])
-        .await;
+    shim.wait_message(0, &[LISTENING]).await;
     let meta = fs::symlink_metadata(&socket).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(
@@ -164,8 +172,7 @@ async fn a_stale_socket_is_replaced_by_one_of_mode_0600_that_goes_away_on_exit()
         .shim_args(&["--control-socket", &socket_arg])
         .spawn();
     let mark = shim.mark();
-    shim.wait_message(0, &["listening for hand-off requests on the control socket"])
-        .await;
+    shim.wait_message(0, &[LISTENING]).await;
     // Its engine runs, so it handles SIGTERM by now.
     host.wait_event("start", "1.0.0", 2).await;
     fs::remove_file(&socket).unwrap();
@@ -192,8 +199,7 @@ async fn a_peer_of_another_uid_may_not_hand_off() {
         .shim_args(&["--control-socket", &socket_arg])
         .spawn();
     let engine = host.wait_event("start", "1.0.0", 1).await;
-    shim.wait_message(0, &["listening for hand-off requests on the control socket"])
-        .await;
+    shim.wait_message(0, &[LISTENING]).await;
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
 
     let (code, answer) = hand_off_as(&["--control-socket", &socket_arg], Some(65534)).await;
@@ -236,8 +242,7 @@ async fn a_huge_request_is_cut_off_and_memory_stays_bounded() {
         .engine("1.1.0")
         .shim_args(&["--control-socket", &socket_arg])
         .spawn();
-    shim.wait_message(0, &["listening for hand-off requests on the control socket"])
-        .await;
+    shim.wait_message(0, &[LISTENING]).await;
     let before = rss_kib(shim.proc.pid());
 
     let (read, mut write) = UnixStream::connect(&socket).await.unwrap().into_split();
@@ -373,8 +378,7 @@ async fn accept_loops_survive_running_out_of_file_descriptors() {
         .wait_message(0, &["serving /metrics and /health on http://"])
         .await;
     let addr = line.message().rsplit("http://").next().unwrap().to_string();
-    shim.wait_message(0, &["listening for hand-off requests on the control socket"])
-        .await;
+    shim.wait_message(0, &[LISTENING]).await;
     shim.wait_message(0, &["WAITING for a compatible release version"])
         .await;
 
