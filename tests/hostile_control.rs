@@ -310,6 +310,7 @@ async fn handoff_pid_signals_an_engine_shim_and_nothing_else() {
     }
     let (code, answer) = hand_off(&["--pid", "-1"]).await;
     assert_eq!(code, 2, "--pid -1: {answer}");
+    assert!(answer.contains("would signal every process"), "{answer}");
 
     // The shell runs pending traps in signal order, so a SIGUSR1 sent before would show first.
     bystander.signal(Signal::USR2);
