@@ -45,6 +45,11 @@ async fn hand_off_as(args: &[&str], uid: Option<u32>) -> (i32, String) {
 /// `engine-shim run` with `--control-socket socket` and a node nobody answers on: whatever it does
 /// before exiting, it did without the node.
 fn shim_without_node(dir: &Path, socket: &Path) -> Proc {
+    shim_without_node_with(dir, socket, &[])
+}
+
+/// As [`shim_without_node`], with extra `engine-shim run` flags.
+fn shim_without_node_with(dir: &Path, socket: &Path, flags: &[&str]) -> Proc {
     let mut command = Command::new(bin("engine-shim"));
     command
         .arg("run")
@@ -53,6 +58,7 @@ fn shim_without_node(dir: &Path, socket: &Path) -> Proc {
         .arg(format!("file:{}", dir.join("engine-shim.lock").display()))
         .args(["--engine-version", "1.0.0", "--control-socket"])
         .arg(socket)
+        .args(flags)
         .args(["--", "/bin/true"])
         .env_remove("RUST_LOG");
     Proc::spawn("engine-shim", command)
@@ -185,6 +191,10 @@ async fn a_stale_socket_is_replaced_by_one_of_mode_0600_that_goes_away_on_exit()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_of_another_uid_may_not_hand_off() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test runs a client as uid 65534, which needs root"
+    );
     let node = Node::start(&["--release", "1.0.0"]).await;
     let host = Host::new();
     // A socket another user can reach: a world-searchable directory, and a mode the operator
@@ -414,5 +424,25 @@ async fn accept_loops_survive_running_out_of_file_descriptors() {
         error_lines <= 6,
         "{error_lines} accept-error lines:\n{}",
         shim.messages().join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_removed_on_an_error_exit_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("shim.sock");
+    // The metrics address is taken, which fails the start-up after the control socket was bound.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let shim = shim_without_node_with(dir.path(), &socket, &["--metrics-listen", &taken]);
+    shim.output
+        .wait_for(0, LISTENING, |l| l.contains(LISTENING).then_some(()))
+        .await;
+    let (code, message) = refusal(shim).await;
+    assert_eq!(code, 1, "{message}");
+    assert!(message.contains("cannot serve metrics"), "{message}");
+    assert!(
+        fs::symlink_metadata(&socket).is_err(),
+        "the socket is removed on an error exit"
     );
 }
