@@ -39,8 +39,9 @@ pub struct HandoffArgs {
     /// The running instance's `--control-socket`: waits until the hand-off is complete.
     #[arg(long, env = "ENGINE_SHIM_CONTROL_SOCKET", value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
-    /// Or the running instance's pid: sends SIGUSR1 and returns at once.
-    #[arg(long)]
+    /// Or the running instance's pid: sends SIGUSR1 and returns at once. Only a positive pid of
+    /// a running engine-shim is taken (-1, 0 and process groups are refused, exit code 2).
+    #[arg(long, allow_negative_numbers = true)]
     pub pid: Option<i32>,
     /// How long to wait for the hand-off to complete (the engine's stop included).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s", value_name = "DURATION")]

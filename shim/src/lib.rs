@@ -4,6 +4,7 @@
 //! turns observations and child exits into actions, and the [`supervisor`] carries them out on real
 //! processes. [`check`] answers the same compatibility question once, for scripts and CI.
 
+pub mod accept;
 pub mod backoff;
 pub mod block;
 pub mod check;
@@ -13,6 +14,7 @@ pub mod control;
 pub mod follower;
 pub mod gate;
 pub mod guardian;
+pub mod handoff_pid;
 pub mod lock;
 pub mod metrics;
 pub mod probe;

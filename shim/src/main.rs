@@ -59,16 +59,17 @@ fn main() -> ExitCode {
 }
 
 /// `engine-shim handoff`: through the control socket (and wait for the answer), or by SIGUSR1.
+/// Exit codes: 0 done, 1 failed, 2 the pid names no engine-shim.
 async fn hand_off(args: HandoffArgs) -> ExitCode {
+    use engine_shim::handoff_pid::{send_hand_off, HandOffPidError};
     let result = match (&args.control_socket, args.pid) {
-        (Some(path), _) => engine_shim::control::request_hand_off(path, args.timeout).await,
-        (None, Some(pid)) => rustix::process::Pid::from_raw(pid)
-            .ok_or_else(|| format!("{pid} is not a process id"))
-            .and_then(|target| {
-                rustix::process::kill_process(target, rustix::process::Signal::USR1)
-                    .map_err(|e| format!("cannot signal pid {pid}: {e}"))
-            })
-            .map(|()| format!("sent SIGUSR1 to pid {pid}; its log says when the hand-off is done")),
+        (Some(path), _) => engine_shim::control::request_hand_off(path, args.timeout)
+            .await
+            .map_err(|e| (ExitCode::FAILURE, e)),
+        (None, Some(pid)) => send_hand_off(pid).map_err(|e| match e {
+            HandOffPidError::Refused(e) => (ExitCode::from(2), e),
+            HandOffPidError::Failed(e) => (ExitCode::FAILURE, e),
+        }),
         (None, None) => unreachable!("clap requires --control-socket or --pid"),
     };
     match result {
@@ -76,9 +77,9 @@ async fn hand_off(args: HandoffArgs) -> ExitCode {
             println!("{answer}");
             ExitCode::SUCCESS
         }
-        Err(error) => {
+        Err((code, error)) => {
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            code
         }
     }
 }

@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::accept::AcceptLoop;
 use crate::version::SemVer;
 
 /// What the shim knows right now; cheap to update from the run loop.
@@ -172,7 +173,15 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/health` on `addr` until the runtime stops.
+/// The longest request head read (request line and headers); probes send about 100 bytes.
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// How long a client has to send its request head.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `/metrics` and `/health` on `addr` until the runtime stops. The accept loop outlives any
+/// accept error (see [`crate::accept`]), so a probe never restarts a healthy shim because the
+/// server once ran out of file descriptors.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -181,33 +190,97 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(respond(stream, metrics.clone(), stale_after));
+        let mut accepts = AcceptLoop::new(format!("metrics server on {bound}"));
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    accepts.accepted();
+                    tokio::spawn(respond(stream, metrics.clone(), stale_after));
+                }
+                Err(e) => accepts.failed(&e).await,
+            }
         }
     });
     Ok(bound)
 }
 
-async fn respond(mut stream: TcpStream, metrics: Arc<Metrics>, stale_after: Duration) {
-    let mut request = [0u8; 1024];
-    let Ok(Ok(read)) =
-        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await
-    else {
-        return;
+/// Why no request head could be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadHead {
+    TooLarge,
+    TimedOut,
+    /// The client went away (or the connection failed) first: nobody to answer.
+    Gone,
+}
+
+/// Reads a request head (up to the blank line) of at most `max` bytes within `timeout`. Never
+/// buffers more than `max` bytes, whatever the client sends.
+pub async fn read_head(
+    read: &mut (impl AsyncRead + Unpin),
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BadHead> {
+    let work = async {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let room = (max - head.len()).min(chunk.len());
+            if room == 0 {
+                return Err(BadHead::TooLarge);
+            }
+            let n = match read.read(&mut chunk[..room]).await {
+                Ok(0) | Err(_) => return Err(BadHead::Gone),
+                Ok(n) => n,
+            };
+            let searched_from = head.len().saturating_sub(3);
+            head.extend_from_slice(&chunk[..n]);
+            if end_of_head(&head[searched_from..]) {
+                return Ok(head);
+            }
+        }
     };
-    let line = String::from_utf8_lossy(&request[..read]);
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, kind, body) = match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        "/health" => match metrics.health(stale_after) {
-            (true, body) => ("200 OK", "application/json", body),
-            (false, body) => ("503 Service Unavailable", "application/json", body),
-        },
-        _ => (
-            "404 Not Found",
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or(Err(BadHead::TimedOut))
+}
+
+/// True if `bytes` hold the blank line that ends a request head (CRLF, or bare LF as some tools send).
+fn end_of_head(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
+}
+
+async fn respond(mut stream: TcpStream, metrics: Arc<Metrics>, stale_after: Duration) {
+    let (status, kind, body) = match read_head(&mut stream, MAX_HEAD, READ_TIMEOUT).await {
+        Err(BadHead::Gone) => return,
+        Err(BadHead::TooLarge) => (
+            "431 Request Header Fields Too Large",
             "text/plain",
-            "try /metrics or /health\n".to_string(),
+            format!("request head longer than {MAX_HEAD} bytes\n"),
         ),
+        Err(BadHead::TimedOut) => (
+            "408 Request Timeout",
+            "text/plain",
+            format!(
+                "no complete request head within {}\n",
+                humantime::format_duration(READ_TIMEOUT)
+            ),
+        ),
+        Ok(head) => {
+            let line = String::from_utf8_lossy(&head);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                "/health" => match metrics.health(stale_after) {
+                    (true, body) => ("200 OK", "application/json", body),
+                    (false, body) => ("503 Service Unavailable", "application/json", body),
+                },
+                _ => (
+                    "404 Not Found",
+                    "text/plain",
+                    "try /metrics or /health\n".to_string(),
+                ),
+            }
+        }
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -290,5 +363,54 @@ mod tests {
             stream.read_to_string(&mut answer).await.unwrap();
             assert!(answer.contains(expect), "{path}: {answer}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_head_is_bounded_in_size_and_time() {
+        let head = |bytes: &'static [u8]| async move {
+            let mut read = bytes;
+            read_head(&mut read, 32, Duration::from_secs(5)).await
+        };
+        assert!(head(b"GET /health HTTP/1.1\r\n\r\n").await.is_ok());
+        assert!(head(b"GET /health\n\n").await.is_ok());
+        assert_eq!(head(b"GET /health HTTP/1.1\r\n").await, Err(BadHead::Gone));
+        assert_eq!(
+            head(b"GET /health HTTP/1.1\r\nX-Padding: aaaaaaaaaaaaaa\r\n\r\n").await,
+            Err(BadHead::TooLarge)
+        );
+        let (_client, mut server) = tokio::io::duplex(64);
+        let slow = read_head(&mut server, 32, Duration::from_millis(50)).await;
+        assert_eq!(slow, Err(BadHead::TimedOut));
+    }
+
+    #[tokio::test]
+    async fn a_huge_or_slow_client_does_not_keep_others_from_being_served() {
+        let metrics = Arc::new(Metrics::default());
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let _slow = TcpStream::connect(addr).await.unwrap();
+        let mut huge = TcpStream::connect(addr).await.unwrap();
+        let _ = huge.write_all(&vec![b'a'; 64 * 1024]).await;
+        // The shim answers 431 and closes; with the rest of the request unread, TCP may turn the
+        // close into a reset that overtakes the answer, so only the closing is certain.
+        let mut answer = Vec::new();
+        let closed = huge.read_to_end(&mut answer).await;
+        assert!(
+            closed.is_err() || answer.starts_with(b"HTTP/1.1 431"),
+            "{closed:?} {answer:?}"
+        );
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        other
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        other.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     }
 }

@@ -159,11 +159,16 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         config.start_secs,
     );
     let (control_tx, control_rx) = mpsc::channel(8);
-    if let Some(path) = &config.control_socket {
-        control::serve(path.clone(), control_tx)
-            .await
-            .with_context(|| format!("cannot listen on the control socket {}", path.display()))?;
-    }
+    // Held until `run` returns, however it returns: dropping it removes the socket file.
+    let _control_socket = match &config.control_socket {
+        Some(path) => Some(control::serve(path.clone(), control_tx).await.map_err(
+            |e| match e {
+                control::ListenError::Refused(message) => UsageError(message).into(),
+                e => anyhow::Error::new(e),
+            },
+        )?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = config.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone(), config.stale_after)

@@ -1188,9 +1188,17 @@ impl HostShimBuilder {
     /// Starts `engine-shim run --log-format json --lock file:<host lock> --engine … -- start-block={block}
     /// start-hash={block_hash}`.
     pub fn spawn(self) -> Shim {
+        self.spawn_with(|_| {})
+    }
+
+    /// As [`Self::spawn`], after `tweak` adjusted the command (e.g. a `pre_exec` that sets the
+    /// umask or a resource limit).
+    pub fn spawn_with(self, tweak: impl FnOnce(&mut Command)) -> Shim {
         assert!(!self.engines.is_empty(), "a shim needs at least one engine");
         let name = format!("engine-shim[{}]", self.versions.join(","));
-        let proc = Proc::spawn(&name, self.command());
+        let mut command = self.command();
+        tweak(&mut command);
+        let proc = Proc::spawn(&name, command);
         Shim {
             proc,
             events: self.events,
