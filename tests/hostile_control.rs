@@ -340,6 +340,16 @@ async fn handoff_pid_signals_an_engine_shim_and_nothing_else() {
     assert_eq!(code, 0, "{answer}");
     idle.wait_message(0, &["handed off: no engine runs here"])
         .await;
+
+    // An engine's guardian is the engine-shim binary too, but not an instance to hand off.
+    let running = Shim::spawn(&node, "1.0.0");
+    running.wait_event("start", 1).await;
+    let guardians = common::chaos::children_of(running.proc.pid());
+    assert_eq!(guardians.len(), 1, "one guardian runs the engine");
+    let (code, answer) = hand_off(&[&format!("--pid={}", guardians[0])]).await;
+    assert_eq!(code, 2, "{answer}");
+    assert!(answer.contains("is the guardian of an engine"), "{answer}");
+    assert!(!running.messages().iter().any(|m| m.contains("handed off")));
 }
 
 /// `GET path` and the whole answer.

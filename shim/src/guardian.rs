@@ -22,8 +22,10 @@
 //!
 //! Signals it understands (the supervisor sends them to the guardian, never to a pid or group it
 //! cannot be sure of):
-//! - SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1: passed on to the engine's process group;
-//! - SIGUSR2 (also its parent-death signal): SIGKILL to the engine's whole tree, now.
+//! - SIGTERM, SIGINT: passed on to the engine's process group;
+//! - SIGUSR2 (also its parent-death signal): SIGKILL to the engine's whole tree, now;
+//! - SIGUSR1, SIGHUP, SIGQUIT: ignored. They mean something to the shim (a hand-off, a reload), and
+//!   a `pkill -USR1 engine-shim` reaches guardians too: passing them on would kill most engines.
 //!
 //! Its exit status mirrors the engine's: the same exit code, or death by the same signal.
 
@@ -84,14 +86,13 @@ fn respond(signal: i32) -> Response {
     match signal {
         libc::SIGCHLD => Response::Reap,
         KILL_NOW => Response::KillAll,
-        libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT | libc::SIGUSR1 => {
-            Response::Forward(signal)
-        }
+        libc::SIGTERM | libc::SIGINT => Response::Forward(signal),
         _ => Response::Ignore,
     }
 }
 
-/// The signals the guardian waits for (all blocked, so none interrupts it).
+/// The signals the guardian waits for (all blocked, so none interrupts it, and none of those it
+/// ignores can end it by its default action).
 const HANDLED: [i32; 7] = [
     libc::SIGCHLD,
     libc::SIGTERM,
@@ -331,6 +332,9 @@ mod tests {
         assert_eq!(respond(KILL_NOW), Response::KillAll);
         assert_eq!(respond(libc::SIGCHLD), Response::Reap);
         assert_eq!(respond(libc::SIGWINCH), Response::Ignore);
+        // A hand-off or reload signal meant for shims must not reach (and kill) the engine.
+        assert_eq!(respond(libc::SIGUSR1), Response::Ignore);
+        assert_eq!(respond(libc::SIGHUP), Response::Ignore);
     }
 
     #[test]

@@ -81,6 +81,15 @@ pub fn identify(proc: &Path, pid: Pid) -> io::Result<Identity> {
     }
 }
 
+/// True if `pid` is an engine's guardian (`engine-shim __guardian …`): the same binary as a shim,
+/// but not one to hand off.
+pub fn is_guardian(proc: &Path, pid: Pid) -> bool {
+    let cmdline = proc.join(pid.as_raw_nonzero().to_string()).join("cmdline");
+    std::fs::read(cmdline).is_ok_and(|cmdline| {
+        cmdline.split(|&b| b == 0).nth(1) == Some(crate::guardian::SUBCOMMAND.as_bytes())
+    })
+}
+
 /// Sends SIGUSR1 to `pid` if it is an engine-shim.
 pub fn send_hand_off(pid: i32) -> Result<String, HandOffPidError> {
     let target = check_pid(pid)?;
@@ -108,6 +117,12 @@ pub fn send_hand_off(pid: i32) -> Result<String, HandOffPidError> {
         };
         return Err(HandOffPidError::Refused(format!(
             "pid {pid} is not an engine-shim (it is {what})"
+        )));
+    }
+    if is_guardian(Path::new("/proc"), target) {
+        return Err(HandOffPidError::Refused(format!(
+            "pid {pid} is the guardian of an engine, not an engine-shim instance; give the pid of \
+             the engine-shim it runs under (its parent)"
         )));
     }
     let sent = match &pidfd {
