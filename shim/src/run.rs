@@ -153,6 +153,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         backoff_initial: Duration::from_millis(250),
         backoff_max: config.reconnect_max,
         syncing_poll: Duration::from_secs(2),
+        behind_log_every: config.wait_log_every,
     };
     let gate = Gate::new(
         engines.iter().map(|e| e.version).collect(),
