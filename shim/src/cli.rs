@@ -52,7 +52,7 @@ pub struct HandoffArgs {
 #[derive(Debug, Args, Clone)]
 pub struct ChainArgs {
     /// WebSocket URL of the node's JSON-RPC.
-    #[arg(long, env = "ENGINE_SHIM_NODE", default_value = "ws://127.0.0.1:9944")]
+    #[arg(long, env = "ENGINE_SHIM_NODE", default_value = "ws://127.0.0.1:9944", value_parser = crate::config::parse_node_url)]
     pub node: String,
     /// Storage key of the release value (hex). Default: Environment::CurrentReleaseVersion,
     /// computed as twox128("Environment") ++ twox128("CurrentReleaseVersion").
@@ -102,7 +102,7 @@ pub struct RunArgs {
     #[arg(long, env = "ENGINE_SHIM_ENGINE_VERSION", value_name = "X.Y.Z")]
     pub engine_version: Option<SemVer>,
     /// WebSocket URL of the node's JSON-RPC [default: ws://127.0.0.1:9944]
-    #[arg(long, env = "ENGINE_SHIM_NODE", value_name = "URL")]
+    #[arg(long, env = "ENGINE_SHIM_NODE", value_name = "URL", value_parser = crate::config::parse_node_url)]
     pub node: Option<String>,
     /// Storage key of the release value (hex). Default: Environment::CurrentReleaseVersion,
     /// computed as twox128("Environment") ++ twox128("CurrentReleaseVersion").
@@ -190,7 +190,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub json: bool,
     /// Give up on the node after this long.
-    #[arg(long, env = "ENGINE_SHIM_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, env = "ENGINE_SHIM_TIMEOUT", value_parser = crate::config::parse_check_timeout, default_value = "10s")]
     pub timeout: Duration,
 }
 

@@ -14,6 +14,7 @@ pub mod follower;
 pub mod gate;
 pub mod lock;
 pub mod metrics;
+pub mod preflight;
 pub mod probe;
 pub mod rpc;
 pub mod run;

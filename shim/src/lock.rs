@@ -66,6 +66,7 @@ mod pg_config;
 #[cfg(test)]
 mod pg_tests;
 mod postgres;
+pub(crate) mod preflight;
 mod spec;
 #[cfg(test)]
 mod tests;
