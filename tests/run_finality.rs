@@ -60,7 +60,10 @@ async fn a_replica_behind_the_last_processed_block_is_waited_for() {
     replica.build_to(3).await;
     let behind = format!("behind #6 already processed; waiting for it to pass #6");
     let (at, line) = shim
-        .wait_message(mark, &[&format!("node at {url} reports finalized block #"), &behind])
+        .wait_message(
+            mark,
+            &[&format!("node at {url} reports finalized block #"), &behind],
+        )
         .await;
     assert_eq!(line.level(), "WARN");
 
@@ -69,7 +72,11 @@ async fn a_replica_behind_the_last_processed_block_is_waited_for() {
     replica.build_to(5).await;
     replica.set_release("1.1.0").await;
     replica.build_to(6).await;
-    assert_eq!(replica.block_hash(6).await, upgrade, "the replica is the same chain");
+    assert_eq!(
+        replica.block_hash(6).await,
+        upgrade,
+        "the replica is the same chain"
+    );
     // Past #6: blocks #7 and #8 change nothing, #9 carries release 1.2.0, which no engine fits.
     replica.build_to(8).await;
     replica.set_release("1.2.0").await;
@@ -88,7 +95,11 @@ async fn a_replica_behind_the_last_processed_block_is_waited_for() {
 
     let events = host.events();
     assert_eq!(starts(&events, "1.0.0"), 1, "1.0.0 never started again");
-    assert_eq!(starts(&events, "1.1.0"), 1, "1.1.0 started once, at block #6");
+    assert_eq!(
+        starts(&events, "1.1.0"),
+        1,
+        "1.1.0 started once, at block #6"
+    );
     assert_eq!(shim.count_messages(&behind), 1, "said once, not per block");
     assert_eq!(shim.count_messages("starting engine"), 2);
     assert_eq!(shim.count_messages("no longer compatible"), 2);
@@ -115,11 +126,21 @@ async fn a_node_on_another_chain_changes_nothing_until_ours_is_back() {
     let wrong = format!("node at {url} serves another chain: its genesis is {theirs}, the followed chain's is {ours}");
     let (first, line) = shim.wait_message(mark, &[&wrong]).await;
     assert_eq!(line.level(), "ERROR");
-    assert!(line.message().contains("nothing is started or stopped on its blocks"));
+    assert!(line
+        .message()
+        .contains("nothing is started or stopped on its blocks"));
     // The shim keeps asking (after its back-off), and keeps refusing.
     shim.wait_message(first + 1, &[&wrong]).await;
-    assert_eq!(host.events().len(), 3, "no engine started or stopped: {:?}", host.events());
-    assert!(host.alive().iter().any(|e| e.pid == new.pid), "1.1.0 still runs");
+    assert_eq!(
+        host.events().len(),
+        3,
+        "no engine started or stopped: {:?}",
+        host.events()
+    );
+    assert!(
+        host.alive().iter().any(|e| e.pid == new.pid),
+        "1.1.0 still runs"
+    );
 
     let mark = shim.mark();
     let ours_again = replace(other, &["--release", "1.0.0"]).await;

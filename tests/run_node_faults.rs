@@ -102,7 +102,11 @@ async fn node_back_from_genesis_is_waited_for_until_it_passes_the_processed_bloc
     node.new_blocks(2).await;
     let events = upgrade_and_expect_stop(&node, &shim, behind).await;
     assert_one_run_stopped_by_the_upgrade(&events, &start);
-    assert_eq!(shim.count_messages(unusable), 1, "block #1 was acted on once");
+    assert_eq!(
+        shim.count_messages(unusable),
+        1,
+        "block #1 was acted on once"
+    );
 }
 
 /// Finality stalls: with `--stale-after 2s` the shim notices that no finalized head arrives,

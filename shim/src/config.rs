@@ -103,11 +103,7 @@ impl DurationRange {
 
     /// `must be between 1s and 1h`.
     pub fn bounds(&self) -> String {
-        format!(
-            "must be between {} and {}",
-            show(self.min),
-            show(self.max)
-        )
+        format!("must be between {} and {}", show(self.min), show(self.max))
     }
 
     /// The flag's value (flag or environment), else the file's, else the default; in range.
@@ -416,9 +412,8 @@ impl RunArgs {
         validate_engines(&known, rule).map_err(ConfigError::Usage)?;
         let node = match (self.node, file.node) {
             (Some(node), _) => node,
-            (None, Some(node)) => parse_node_url(&node).map_err(|e| {
-                ConfigError::Usage(format!("{}: {e}", in_file("node", path)))
-            })?,
+            (None, Some(node)) => parse_node_url(&node)
+                .map_err(|e| ConfigError::Usage(format!("{}: {e}", in_file("node", path))))?,
             (None, None) => DEFAULT_NODE.into(),
         };
         let metrics_listen = match (self.metrics_listen, file.metrics_listen) {

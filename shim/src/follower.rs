@@ -122,7 +122,10 @@ pub enum FollowerEvent {
     /// The node serves another chain than the one followed so far: none of its blocks is
     /// processed. A [`FollowerEvent::Disconnected`] follows, and the node is asked again after
     /// the back-off.
-    WrongChain { url: String, mismatch: ChainMismatch },
+    WrongChain {
+        url: String,
+        mismatch: ChainMismatch,
+    },
 }
 
 /// How a node showed it serves another chain.
@@ -145,7 +148,10 @@ impl fmt::Display for ChainMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ChainMismatch::Genesis { followed, node } => {
-                write!(f, "its genesis is {node}, the followed chain's is {followed}")
+                write!(
+                    f,
+                    "its genesis is {node}, the followed chain's is {followed}"
+                )
             }
             ChainMismatch::Block {
                 followed,
@@ -155,7 +161,10 @@ impl fmt::Display for ChainMismatch {
                 "its block #{} is {node}, already processed as {}",
                 followed.number, followed.hash
             ),
-            ChainMismatch::Block { followed, node: None } => write!(
+            ChainMismatch::Block {
+                followed,
+                node: None,
+            } => write!(
                 f,
                 "it has no block #{}, already processed as {}",
                 followed.number, followed.hash
@@ -623,7 +632,11 @@ mod tests {
         let start = Instant::now();
         let every = Duration::from_secs(60);
         assert!(calm_line_due(None, start, every));
-        assert!(!calm_line_due(Some(start), start + Duration::from_secs(59), every));
+        assert!(!calm_line_due(
+            Some(start),
+            start + Duration::from_secs(59),
+            every
+        ));
         assert!(calm_line_due(Some(start), start + every, every));
     }
 }

@@ -49,7 +49,9 @@ fn executable(path: &Path) -> Result<(), String> {
         _ => format!("engine program {shown} cannot be inspected ({err}): {fix}"),
     })?;
     if !meta.is_file() {
-        return Err(format!("engine program {shown} is not a regular file: {fix}"));
+        return Err(format!(
+            "engine program {shown} is not a regular file: {fix}"
+        ));
     }
     rustix::fs::access(path, Access::EXEC_OK).map_err(|err| {
         format!(
@@ -74,12 +76,18 @@ pub fn control_socket_dir(socket: &Path) -> Result<(), String> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!("directory {shown} does not exist: {fix}"))
         }
-        Err(err) => return Err(format!("directory {shown} cannot be inspected ({err}): {fix}")),
+        Err(err) => {
+            return Err(format!(
+                "directory {shown} cannot be inspected ({err}): {fix}"
+            ))
+        }
     }
-    rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK).map_err(|err| {
-        format!("directory {shown} is not writable by this user ({err}): {fix}")
-    })?;
-    if socket.file_name().is_none_or(|name| name == OsStr::new("..")) {
+    rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK)
+        .map_err(|err| format!("directory {shown} is not writable by this user ({err}): {fix}"))?;
+    if socket
+        .file_name()
+        .is_none_or(|name| name == OsStr::new(".."))
+    {
         return Err(format!("{} names no socket file: {fix}", socket.display()));
     }
     Ok(())
@@ -101,7 +109,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("engine");
         let err = engine_program(missing.to_str().unwrap()).unwrap_err();
-        assert!(err.ends_with("does not exist: install it, or correct the path in --engine / -- CMD / [[engine]]"), "{err}");
+        assert!(
+            err.ends_with(
+                "does not exist: install it, or correct the path in --engine / -- CMD / [[engine]]"
+            ),
+            "{err}"
+        );
         assert!(engine_program(dir.path().to_str().unwrap())
             .unwrap_err()
             .contains("is not a regular file"));

@@ -85,7 +85,10 @@ fn preflight(config: &RunConfig, lock: &LockSpec) -> anyhow::Result<()> {
     }
     if let Some(path) = &config.control_socket {
         crate::preflight::control_socket_dir(path).map_err(|problem| {
-            anyhow::anyhow!("cannot listen on the control socket {}: {problem}", path.display())
+            anyhow::anyhow!(
+                "cannot listen on the control socket {}: {problem}",
+                path.display()
+            )
         })?;
     }
     Ok(())

@@ -190,7 +190,8 @@ pub fn follower_event(event: &FollowerEvent) {
         ),
         FollowerEvent::Disconnected { reason, retry_in } => warn!(
             retry_in_ms = retry_in.as_millis() as u64,
-            "lost the node: {reason}; reconnecting in {} (the engine's state is kept)", secs(*retry_in)
+            "lost the node: {reason}; reconnecting in {} (the engine's state is kept)",
+            secs(*retry_in)
         ),
         FollowerEvent::Behind {
             url,

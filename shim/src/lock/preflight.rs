@@ -168,7 +168,9 @@ mod tests {
 
         let sub = dir.path().join("sub.lock");
         fs::create_dir(&sub).unwrap();
-        assert!(check(&file_lock(&sub)).unwrap_err().contains("is a directory"));
+        assert!(check(&file_lock(&sub))
+            .unwrap_err()
+            .contains("is a directory"));
 
         let fifo = dir.path().join("fifo.lock");
         rustix::fs::mknodat(
