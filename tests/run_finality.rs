@@ -58,11 +58,11 @@ async fn a_replica_behind_the_last_processed_block_is_waited_for() {
     let mark = shim.mark();
     let replica = replace(node, &["--release", "1.0.0"]).await;
     replica.build_to(3).await;
-    let behind = format!("behind #6 already processed; waiting for it to pass #6");
+    let behind = "behind #6 already processed; waiting for it to pass #6";
     let (at, line) = shim
         .wait_message(
             mark,
-            &[&format!("node at {url} reports finalized block #"), &behind],
+            &[&format!("node at {url} reports finalized block #"), behind],
         )
         .await;
     assert_eq!(line.level(), "WARN");
@@ -100,7 +100,7 @@ async fn a_replica_behind_the_last_processed_block_is_waited_for() {
         1,
         "1.1.0 started once, at block #6"
     );
-    assert_eq!(shim.count_messages(&behind), 1, "said once, not per block");
+    assert_eq!(shim.count_messages(behind), 1, "said once, not per block");
     assert_eq!(shim.count_messages("starting engine"), 2);
     assert_eq!(shim.count_messages("no longer compatible"), 2);
     host.assert_no_lock_failed();
