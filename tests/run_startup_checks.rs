@@ -253,13 +253,6 @@ async fn out_of_range_numbers_are_usage_errors_naming_the_range() {
         file.display()
     );
     expect_exit(&args, &[], 2, &[&message]).await;
-
-    let args = run_args(
-        &node,
-        &lock_in(dir.path()),
-        &["--metrics-listen", "127.0.0.1:0"],
-    );
-    expect_exit(&args, &[], 2, &["the port must be between 1 and 65535"]).await;
     let check = [
         "check",
         "--engine-version",

@@ -171,20 +171,6 @@ pub fn parse_node_url(text: &str) -> Result<String, String> {
     Err(format!("'{url}' is not a ws:// URL: {fix}"))
 }
 
-/// The metrics address, if a scraper can find it: port 0 would pick a random port no probe knows.
-fn check_metrics_listen(
-    addr: Option<std::net::SocketAddr>,
-    given_as: &str,
-) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-    match addr {
-        Some(addr) if addr.port() == 0 => Err(ConfigError::Usage(format!(
-            "{given_as} {addr}: the port must be between 1 and 65535 (port 0 would pick a \
-             random port that no probe or scraper knows)"
-        ))),
-        addr => Ok(addr),
-    }
-}
-
 /// Everything `engine-shim run` needs, with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunConfig {
@@ -416,10 +402,6 @@ impl RunArgs {
                 .map_err(|e| ConfigError::Usage(format!("{}: {e}", in_file("node", path))))?,
             (None, None) => DEFAULT_NODE.into(),
         };
-        let metrics_listen = match (self.metrics_listen, file.metrics_listen) {
-            (Some(addr), _) => check_metrics_listen(Some(addr), "--metrics-listen")?,
-            (None, addr) => check_metrics_listen(addr, &in_file("metrics_listen", path))?,
-        };
         Ok(RunConfig {
             node,
             storage_key: self
@@ -437,7 +419,7 @@ impl RunArgs {
             lock_dir: self.lock_dir.or(file.lock_dir),
             standby: STANDBY.pick(self.standby, file.standby, path)?,
             control_socket: self.control_socket.or(file.control_socket),
-            metrics_listen,
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             lock_mode: self.lock_mode.or(file.lock_mode).unwrap_or_default(),
             lock_name: self
                 .lock_name
