@@ -177,13 +177,10 @@ impl fmt::Display for ChainMismatch {
 pub fn check_chain(followed: BlockRef, node: Option<BlockHash>) -> Result<(), ChainMismatch> {
     match node {
         Some(hash) if hash == followed.hash => Ok(()),
-        node if followed.number == 0 => match node {
-            Some(node) => Err(ChainMismatch::Genesis {
-                followed: followed.hash,
-                node,
-            }),
-            None => Err(ChainMismatch::Block { followed, node }),
-        },
+        Some(node) if followed.number == 0 => Err(ChainMismatch::Genesis {
+            followed: followed.hash,
+            node,
+        }),
         node => Err(ChainMismatch::Block { followed, node }),
     }
 }
