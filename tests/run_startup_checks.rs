@@ -101,6 +101,9 @@ async fn an_unusable_lock_fails_at_once_without_the_node() {
         let args = run_args(&node, &lock, &[]);
         expect_exit(&args, &[], 1, &[message]).await;
     }
+    // A PostgreSQL lock is parsed at start-up too: a malformed one is a usage error.
+    let args = run_args(&node, "postgres://shim:secret@db/locks", &[]);
+    expect_exit(&args, &[], 2, &["the PostgreSQL URL contains a password"]).await;
     // The default lock, moved by --lock-dir to a directory that does not exist.
     let mut args = run_args(&node, "", &[]);
     let at = args.iter().position(|a| a == "--lock").unwrap();
