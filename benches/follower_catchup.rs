@@ -28,6 +28,7 @@ fn main() {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
             syncing_poll: Duration::from_secs(1),
+            behind_log_every: Duration::from_secs(60),
         };
         let follower = tokio::spawn(follow(config, tx));
         wait_for_block(&mut rx, 0).await;

@@ -71,37 +71,42 @@ async fn node_restarted_on_the_same_port_keeps_the_engine_running() {
     assert_one_run_stopped_by_the_upgrade(&events, &start);
 }
 
-/// The node comes back on a fresh chain, behind the blocks the shim already processed (a wiped
-/// dev node): the shim says so, keeps the engine running, and follows the new chain.
+/// The node comes back from genesis (its database wiped), behind the blocks the shim already
+/// processed: the shim says it waits for the node to pass them, keeps the engine running, acts on
+/// none of them again, and follows on once the node has rebuilt the same chain past them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_reset_to_a_fresh_chain_is_reported_and_followed() {
+async fn node_back_from_genesis_is_waited_for_until_it_passes_the_processed_blocks() {
     let node = Node::start(&["--release", "1.0.0"]).await;
     let (shim, start) = shim_with_running_engine(Shim::builder(&node, "1.0.0")).await;
     // Block #1 carries a value the shim reports, so we know when it has processed it.
     node.set_release_value(Some("0x0102")).await;
     node.new_blocks(1).await;
-    shim.wait_message(
-        0,
-        &[
-            "cannot use the release at block #1",
-            "keeping engine 1.0.0 running",
-        ],
-    )
-    .await;
+    let unusable = "cannot use the release at block #1";
+    shim.wait_message(0, &[unusable, "keeping engine 1.0.0 running"])
+        .await;
 
     let node = node.restart().await;
-    let (reset, line) = shim
+    let (behind, line) = shim
         .wait_message(
             0,
-            &["finalized head #0 is behind block #1 already processed"],
+            &["reports finalized block #0, behind #1 already processed; waiting for it to pass #1"],
         )
         .await;
     assert_eq!(line.level(), "WARN");
     assert_eq!(shim.engine_events().len(), 1, "the engine was not touched");
 
-    node.new_blocks(3).await;
-    let events = upgrade_and_expect_stop(&node, &shim, reset).await;
+    // The same chain again: block #1 carries the same value, so it has the same hash.
+    node.set_release_value(Some("0x0102")).await;
+    node.new_blocks(1).await;
+    node.set_release_value(Some("0x010000")).await;
+    node.new_blocks(2).await;
+    let events = upgrade_and_expect_stop(&node, &shim, behind).await;
     assert_one_run_stopped_by_the_upgrade(&events, &start);
+    assert_eq!(
+        shim.count_messages(unusable),
+        1,
+        "block #1 was acted on once"
+    );
 }
 
 /// Finality stalls: with `--stale-after 2s` the shim notices that no finalized head arrives,

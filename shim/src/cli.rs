@@ -53,7 +53,7 @@ pub struct HandoffArgs {
 #[derive(Debug, Args, Clone)]
 pub struct ChainArgs {
     /// WebSocket URL of the node's JSON-RPC.
-    #[arg(long, env = "ENGINE_SHIM_NODE", default_value = "ws://127.0.0.1:9944")]
+    #[arg(long, env = "ENGINE_SHIM_NODE", default_value = "ws://127.0.0.1:9944", value_parser = crate::config::parse_node_url)]
     pub node: String,
     /// Storage key of the release value (hex). Default: Environment::CurrentReleaseVersion,
     /// computed as twox128("Environment") ++ twox128("CurrentReleaseVersion").
@@ -103,7 +103,7 @@ pub struct RunArgs {
     #[arg(long, env = "ENGINE_SHIM_ENGINE_VERSION", value_name = "X.Y.Z")]
     pub engine_version: Option<SemVer>,
     /// WebSocket URL of the node's JSON-RPC [default: ws://127.0.0.1:9944]
-    #[arg(long, env = "ENGINE_SHIM_NODE", value_name = "URL")]
+    #[arg(long, env = "ENGINE_SHIM_NODE", value_name = "URL", value_parser = crate::config::parse_node_url)]
     pub node: Option<String>,
     /// Storage key of the release value (hex). Default: Environment::CurrentReleaseVersion,
     /// computed as twox128("Environment") ++ twox128("CurrentReleaseVersion").
@@ -116,21 +116,22 @@ pub struct RunArgs {
     /// Log format [default: text]
     #[arg(long, env = "ENGINE_SHIM_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// How long a stopping engine gets between SIGTERM and SIGKILL [default: 10s]
+    /// How long a stopping engine gets between SIGTERM and SIGKILL (100ms to 1h) [default: 10s]
     #[arg(long, env = "ENGINE_SHIM_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Option<Duration>,
     /// A crashed engine that had stayed up this long restarts after 1 s again (back-off reset)
-    /// [default: 10s]
+    /// (100ms to 1h) [default: 10s]
     #[arg(long, env = "ENGINE_SHIM_START_SECS", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub start_secs: Option<Duration>,
-    /// Reconnect when no finalized head has arrived for this long [default: 60s]
+    /// Reconnect when no finalized head has arrived for this long (1s to 1h) [default: 60s]
     #[arg(long, env = "ENGINE_SHIM_STALE_AFTER", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub stale_after: Option<Duration>,
-    /// Repeat the WAITING (and other "nothing runs") lines at most this often [default: 60s]
+    /// Repeat the WAITING (and other "nothing runs") lines at most this often (1s to 24h)
+    /// [default: 60s]
     #[arg(long, env = "ENGINE_SHIM_WAIT_LOG_EVERY", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub wait_log_every: Option<Duration>,
     /// Longest wait between reconnect attempts (back-off doubles from 250 ms up to this)
-    /// [default: 30s]
+    /// (250ms to 1h) [default: 30s]
     #[arg(long, env = "ENGINE_SHIM_RECONNECT_MAX", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub reconnect_max: Option<Duration>,
     /// Keeps shims that share a data directory from running engines at once: `file:PATH` (an
@@ -149,14 +150,15 @@ pub struct RunArgs {
     /// PostgreSQL lock: which lock in the database, so validators can share one [default: engine-shim]
     #[arg(long, env = "ENGINE_SHIM_LOCK_NAME", value_name = "NAME")]
     pub lock_name: Option<String>,
-    /// PostgreSQL lease lock: how long one renewal holds it [default: 5s]
+    /// PostgreSQL lease lock: how long one renewal holds it (1s to 1h) [default: 5s]
     #[arg(long, env = "ENGINE_SHIM_LEASE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub lease: Option<Duration>,
-    /// PostgreSQL lock: how often the holder renews (at most half the lease) [default: 1s]
+    /// PostgreSQL lock: how often the holder renews, at most half the lease (100ms to
+    /// 30m) [default: 1s]
     #[arg(long, env = "ENGINE_SHIM_RENEW", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub renew: Option<Duration>,
     /// After a hand-off (SIGUSR1 or `engine-shim handoff`), ask for no lock for this long, so
-    /// another instance takes over [default: 30s]
+    /// another instance takes over (100ms to 24h) [default: 30s]
     #[arg(long, env = "ENGINE_SHIM_STANDBY", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub standby: Option<Duration>,
     /// Serve `GET /metrics` (Prometheus) and `GET /health` on this address, e.g. 127.0.0.1:9616
@@ -191,7 +193,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub json: bool,
     /// Give up on the node after this long.
-    #[arg(long, env = "ENGINE_SHIM_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, env = "ENGINE_SHIM_TIMEOUT", value_parser = crate::config::parse_check_timeout, default_value = "10s")]
     pub timeout: Duration,
 }
 
@@ -301,6 +303,20 @@ mod tests {
         ] {
             assert!(help(id).ends_with(&format!("[default: {text}]")), "{id}");
             assert_eq!(humantime::parse_duration(text).unwrap(), value, "{id}");
+            // The accepted range too, as config.rs enforces it.
+            let range = config::RUN_DURATIONS
+                .iter()
+                .find(|r| r.flag.replace('-', "_") == id)
+                .unwrap_or_else(|| panic!("no range for {id}"));
+            assert_eq!(range.default, value, "{id}");
+            let stated = help(id);
+            let (min, max) = stated
+                .rsplit_once('(')
+                .and_then(|(_, rest)| rest.split_once(')'))
+                .and_then(|(range, _)| range.split_once(" to "))
+                .unwrap_or_else(|| panic!("{id}: no (MIN to MAX) in its help"));
+            let parse = |text| humantime::parse_duration(text).unwrap();
+            assert_eq!((parse(min), parse(max)), (range.min, range.max), "{id}");
         }
         assert!(help("node").ends_with(&format!("[default: {}]", config::DEFAULT_NODE)));
         assert!(help("rule").ends_with(&format!("[default: {}]", Rule::default().as_str())));

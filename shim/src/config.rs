@@ -38,6 +38,139 @@ pub const DEFAULT_WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Default of `--reconnect-max`.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 
+const MS: u64 = 1;
+const SEC: u64 = 1000 * MS;
+const MIN: u64 = 60 * SEC;
+const HOUR: u64 = 60 * MIN;
+
+/// A duration setting's name, default and accepted range: the one table that flags, environment
+/// variables and the config file are checked against. Zero crashes or spins the shim (a zero ping
+/// interval panics, a zero back-off reconnects in a hot loop, a zero log interval logs every
+/// block), and values beyond any real use overflow clocks or only hide typos (`10000s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    /// The flag's name without `--`; its config key is the same in snake_case.
+    pub flag: &'static str,
+    pub default: Duration,
+    pub min: Duration,
+    pub max: Duration,
+}
+
+const fn range(flag: &'static str, default: Duration, min_ms: u64, max_ms: u64) -> DurationRange {
+    DurationRange {
+        flag,
+        default,
+        min: Duration::from_millis(min_ms),
+        max: Duration::from_millis(max_ms),
+    }
+}
+
+pub const GRACE: DurationRange = range("grace", DEFAULT_GRACE, 100 * MS, HOUR);
+pub const START_SECS: DurationRange = range("start-secs", DEFAULT_START_SECS, 100 * MS, HOUR);
+pub const STALE_AFTER: DurationRange = range("stale-after", DEFAULT_STALE_AFTER, SEC, HOUR);
+pub const WAIT_LOG_EVERY: DurationRange =
+    range("wait-log-every", DEFAULT_WAIT_LOG_EVERY, SEC, 24 * HOUR);
+pub const RECONNECT_MAX: DurationRange =
+    range("reconnect-max", DEFAULT_RECONNECT_MAX, 250 * MS, HOUR);
+pub const STANDBY: DurationRange = range("standby", DEFAULT_STANDBY, 100 * MS, 24 * HOUR);
+/// The PostgreSQL lock's own rule (renew at most half the lease) is checked with the lock.
+pub const LEASE: DurationRange = range("lease", DEFAULT_LEASE, SEC, HOUR);
+pub const RENEW: DurationRange = range("renew", DEFAULT_RENEW, 100 * MS, 30 * MIN);
+/// `check --timeout`.
+pub const CHECK_TIMEOUT: DurationRange = range("timeout", Duration::from_secs(10), 100 * MS, HOUR);
+
+/// Every duration setting of `run`, for documentation and tests.
+pub const RUN_DURATIONS: [DurationRange; 8] = [
+    GRACE,
+    START_SECS,
+    STALE_AFTER,
+    WAIT_LOG_EVERY,
+    RECONNECT_MAX,
+    STANDBY,
+    LEASE,
+    RENEW,
+];
+
+impl DurationRange {
+    /// The value if it is in range, else the message naming the range (`where` names the
+    /// setting as it was given: `--grace`, or `grace in /etc/engine-shim.toml`).
+    pub fn check(&self, value: Duration, given_as: &str) -> Result<Duration, String> {
+        if (self.min..=self.max).contains(&value) {
+            return Ok(value);
+        }
+        Err(format!("{given_as} {}: {}", show(value), self.bounds()))
+    }
+
+    /// `must be between 1s and 1h`.
+    pub fn bounds(&self) -> String {
+        format!("must be between {} and {}", show(self.min), show(self.max))
+    }
+
+    /// The flag's value (flag or environment), else the file's, else the default; in range.
+    fn pick(
+        &self,
+        flag: Option<Duration>,
+        file: Option<Duration>,
+        path: Option<&Path>,
+    ) -> Result<Duration, ConfigError> {
+        let (value, given_as) = match (flag, file) {
+            (Some(value), _) => (value, format!("--{}", self.flag)),
+            (None, Some(value)) => (value, in_file(&self.flag.replace('-', "_"), path)),
+            (None, None) => return Ok(self.default),
+        };
+        self.check(value, &given_as).map_err(ConfigError::Usage)
+    }
+}
+
+/// A duration the way operators write it: `0s`, `500ms`, `1h`.
+fn show(value: Duration) -> String {
+    if value.is_zero() {
+        "0s".into()
+    } else {
+        humantime::format_duration(value).to_string()
+    }
+}
+
+/// `key in FILE`, or just `key` when there is no file.
+fn in_file(key: &str, path: Option<&Path>) -> String {
+    match path {
+        Some(path) => format!("{key} in {}", path.display()),
+        None => key.to_string(),
+    }
+}
+
+/// A clap value parser for `check --timeout`: a duration in [`CHECK_TIMEOUT`]'s range.
+pub fn parse_check_timeout(text: &str) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    CHECK_TIMEOUT
+        .check(value, "--timeout")
+        .map_err(|_| CHECK_TIMEOUT.bounds())
+}
+
+/// The node URL, if the shim can speak to it: plain `ws://` only. This build has no TLS stack
+/// (it keeps the binary small and free of a C build), so `wss://` is refused here rather than
+/// failing on every reconnect.
+pub fn parse_node_url(text: &str) -> Result<String, String> {
+    let url = text.trim();
+    let host = url.strip_prefix("ws://").unwrap_or_default();
+    if !host.is_empty() && !host.starts_with('/') {
+        return Ok(url.to_string());
+    }
+    let fix = match url.split_once("://") {
+        Some(("wss", _)) => {
+            "this build speaks plain ws:// only (no TLS): reach the node over ws:// on loopback or \
+             a private network, or run a local TLS-terminating proxy (e.g. stunnel) and point \
+             --node at its ws://127.0.0.1:PORT"
+        }
+        Some(("http" | "https", _)) => {
+            "the shim needs the node's WebSocket endpoint: write ws://HOST:PORT (e.g. \
+             ws://127.0.0.1:9944)"
+        }
+        _ => "write ws://HOST:PORT, e.g. ws://127.0.0.1:9944",
+    };
+    Err(format!("'{url}' is not a ws:// URL: {fix}"))
+}
+
 /// Everything `engine-shim run` needs, with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunConfig {
@@ -263,37 +396,28 @@ impl RunArgs {
         let engines = self.engine_commands(&file, path)?;
         let known: Vec<SemVer> = engines.iter().filter_map(|e| e.version).collect();
         validate_engines(&known, rule).map_err(ConfigError::Usage)?;
+        let node = match (self.node, file.node) {
+            (Some(node), _) => node,
+            (None, Some(node)) => parse_node_url(&node)
+                .map_err(|e| ConfigError::Usage(format!("{}: {e}", in_file("node", path))))?,
+            (None, None) => DEFAULT_NODE.into(),
+        };
         Ok(RunConfig {
-            node: self
-                .node
-                .or(file.node)
-                .unwrap_or_else(|| DEFAULT_NODE.into()),
+            node,
             storage_key: self
                 .storage_key
                 .or(file.storage_key)
                 .map_or_else(crate::storage_key::release_key, |key| key.0),
             rule,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            grace: self.grace.or(file.grace).unwrap_or(DEFAULT_GRACE),
-            start_secs: self
-                .start_secs
-                .or(file.start_secs)
-                .unwrap_or(DEFAULT_START_SECS),
-            stale_after: self
-                .stale_after
-                .or(file.stale_after)
-                .unwrap_or(DEFAULT_STALE_AFTER),
-            wait_log_every: self
-                .wait_log_every
-                .or(file.wait_log_every)
-                .unwrap_or(DEFAULT_WAIT_LOG_EVERY),
-            reconnect_max: self
-                .reconnect_max
-                .or(file.reconnect_max)
-                .unwrap_or(DEFAULT_RECONNECT_MAX),
+            grace: GRACE.pick(self.grace, file.grace, path)?,
+            start_secs: START_SECS.pick(self.start_secs, file.start_secs, path)?,
+            stale_after: STALE_AFTER.pick(self.stale_after, file.stale_after, path)?,
+            wait_log_every: WAIT_LOG_EVERY.pick(self.wait_log_every, file.wait_log_every, path)?,
+            reconnect_max: RECONNECT_MAX.pick(self.reconnect_max, file.reconnect_max, path)?,
             lock: self.lock.or(file.lock),
             lock_dir: self.lock_dir.or(file.lock_dir),
-            standby: self.standby.or(file.standby).unwrap_or(DEFAULT_STANDBY),
+            standby: STANDBY.pick(self.standby, file.standby, path)?,
             control_socket: self.control_socket.or(file.control_socket),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             lock_mode: self.lock_mode.or(file.lock_mode).unwrap_or_default(),
@@ -301,8 +425,8 @@ impl RunArgs {
                 .lock_name
                 .or(file.lock_name)
                 .unwrap_or_else(|| DEFAULT_LOCK_NAME.to_string()),
-            lease: self.lease.or(file.lease).unwrap_or(DEFAULT_LEASE),
-            renew: self.renew.or(file.renew).unwrap_or(DEFAULT_RENEW),
+            lease: LEASE.pick(self.lease, file.lease, path)?,
+            renew: RENEW.pick(self.renew, file.renew, path)?,
             lock_password_file: file.lock_password_file,
             engines,
         })

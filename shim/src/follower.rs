@@ -3,7 +3,19 @@
 //! It owns the connection to the node and hides its failures: whatever happens on the wire, the
 //! receiver sees one [`FollowerEvent::Block`] per finalized block, strictly in order, never skipped
 //! and never repeated, interleaved with events that say why blocks stopped arriving for a while
-//! (disconnected, syncing, node reset). It knows nothing about engines.
+//! (disconnected, syncing, node behind, another chain). It knows nothing about engines.
+//!
+//! Finality never goes backwards here. The follower is the one place that knows which blocks were
+//! processed and which node answers, so it owns both decisions about the node's claims:
+//! - a finalized head at or below the last processed block (a replica a few blocks behind after a
+//!   reconnect, a replayed notification) is stale news: nothing is sent for it, a calm
+//!   [`FollowerEvent::Behind`] says so, and following resumes with the block after the last
+//!   processed one once the node passes it ([`plan`]);
+//! - a node on another chain (another genesis hash, or another hash at the last processed number)
+//!   is never followed: [`FollowerEvent::WrongChain`] is reported, the connection is dropped and
+//!   retried with back-off, and following resumes only when a node serves the followed chain
+//!   again ([`check_chain`]). The genesis is compared on every connection; the last processed
+//!   block as soon as the node has finalized it (a node behind cannot be asked about it yet).
 //!
 //! How it works, per connection:
 //! 1. connect, subscribe to finalized heads; the node answers with its current finalized head;
@@ -17,6 +29,7 @@
 //! The decisions that need no I/O — which blocks to fetch, how long to back off — are plain
 //! functions and types at the top of this file.
 
+use std::fmt;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -25,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::backoff::Backoff;
-use crate::block::BlockRef;
+use crate::block::{BlockHash, BlockRef};
 use crate::rpc::{ConnectOptions, Header, NodeClient, RpcError};
 use crate::storage_key::release_key;
 use crate::version::{ReleaseError, SemVer};
@@ -54,6 +67,8 @@ pub struct FollowerConfig {
     pub backoff_max: Duration,
     /// How often to ask a syncing node whether it has finished.
     pub syncing_poll: Duration,
+    /// How often the "node is behind" line may repeat while the node stays behind.
+    pub behind_log_every: Duration,
 }
 
 impl FollowerConfig {
@@ -68,6 +83,7 @@ impl FollowerConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             syncing_poll: Duration::from_secs(5),
+            behind_log_every: Duration::from_secs(60),
         }
     }
 }
@@ -95,12 +111,83 @@ pub enum FollowerEvent {
     },
     /// The connection is gone (lost, stale, or the node answered badly); retrying after `retry_in`.
     Disconnected { reason: String, retry_in: Duration },
-    /// The node's finalized head is behind the last processed block (the node was wiped or
-    /// restarted on a fresh chain). Following continues from the node's head.
-    NodeReset {
+    /// The node's finalized head is at or below the last processed block (a replica behind, a
+    /// replayed notification): nothing is processed until the node passes `last_processed`. Sent
+    /// when the episode starts, then at most every `behind_log_every` while it lasts.
+    Behind {
+        url: String,
         last_processed: u64,
         node_finalized: u64,
     },
+    /// The node serves another chain than the one followed so far: none of its blocks is
+    /// processed. A [`FollowerEvent::Disconnected`] follows, and the node is asked again after
+    /// the back-off.
+    WrongChain {
+        url: String,
+        mismatch: ChainMismatch,
+    },
+}
+
+/// How a node showed it serves another chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainMismatch {
+    /// Its genesis hash is not the one of the chain followed so far.
+    Genesis {
+        followed: BlockHash,
+        node: BlockHash,
+    },
+    /// Its block at a number already processed has another hash (`node` is `None` when it has no
+    /// block there at all although it finalized past it).
+    Block {
+        followed: BlockRef,
+        node: Option<BlockHash>,
+    },
+}
+
+impl fmt::Display for ChainMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainMismatch::Genesis { followed, node } => {
+                write!(
+                    f,
+                    "its genesis is {node}, the followed chain's is {followed}"
+                )
+            }
+            ChainMismatch::Block {
+                followed,
+                node: Some(node),
+            } => write!(
+                f,
+                "its block #{} is {node}, already processed as {}",
+                followed.number, followed.hash
+            ),
+            ChainMismatch::Block {
+                followed,
+                node: None,
+            } => write!(
+                f,
+                "it has no block #{}, already processed as {}",
+                followed.number, followed.hash
+            ),
+        }
+    }
+}
+
+/// Whether the node's block where the followed chain has `followed` is the same block.
+pub fn check_chain(followed: BlockRef, node: Option<BlockHash>) -> Result<(), ChainMismatch> {
+    match node {
+        Some(hash) if hash == followed.hash => Ok(()),
+        Some(node) if followed.number == 0 => Err(ChainMismatch::Genesis {
+            followed: followed.hash,
+            node,
+        }),
+        node => Err(ChainMismatch::Block { followed, node }),
+    }
+}
+
+/// Whether a repeated line is due: always the first time, then at most every `every`.
+pub fn calm_line_due(last: Option<Instant>, now: Instant, every: Duration) -> bool {
+    last.is_none_or(|last| now.saturating_duration_since(last) >= every)
 }
 
 /// Which blocks to fetch after learning of a new finalized head.
@@ -108,10 +195,11 @@ pub enum FollowerEvent {
 pub enum Plan {
     /// Fetch and report these blocks, in order.
     Fetch(RangeInclusive<u64>),
-    /// The head was already processed.
+    /// The head is the last processed block: nothing new.
     UpToDate,
-    /// The head is behind what was processed: report a reset, then continue at the head itself.
-    Reset {
+    /// The head is behind what was processed: stale news, act on nothing until the node passes
+    /// `last_processed`.
+    Behind {
         last_processed: u64,
         node_finalized: u64,
     },
@@ -121,13 +209,14 @@ pub enum Plan {
 /// finalized head.
 ///
 /// The very first block is the current finalized head, not genesis: what matters is the release
-/// now, and replaying history would only delay the first decision.
+/// now, and replaying history would only delay the first decision. After that, finality only
+/// moves forward: a lower head never makes a block be processed twice.
 pub fn plan(last_processed: Option<u64>, finalized: u64) -> Plan {
     match last_processed {
         None => Plan::Fetch(finalized..=finalized),
         Some(last) if finalized > last => Plan::Fetch(last + 1..=finalized),
         Some(last) if finalized == last => Plan::UpToDate,
-        Some(last) => Plan::Reset {
+        Some(last) => Plan::Behind {
             last_processed: last,
             node_finalized: finalized,
         },
@@ -141,8 +230,11 @@ pub async fn follow(config: FollowerConfig, events: mpsc::Sender<FollowerEvent>)
         backoff: Backoff::new(config.backoff_initial, config.backoff_max),
         config,
         events,
+        genesis: None,
         last_processed: None,
         processed_on_this_connection: false,
+        last_verified: false,
+        behind_logged: None,
     };
     follower.run().await;
 }
@@ -165,15 +257,23 @@ struct Follower {
     config: FollowerConfig,
     events: mpsc::Sender<FollowerEvent>,
     backoff: Backoff,
+    /// The genesis hash of the chain followed, learnt on the first connection.
+    genesis: Option<BlockHash>,
     /// The last block sent out; the resume point across connections.
-    last_processed: Option<u64>,
+    last_processed: Option<BlockRef>,
     processed_on_this_connection: bool,
+    /// Whether this connection's node has shown it holds `last_processed` (see [`check_chain`]).
+    last_verified: bool,
+    /// When the current "node is behind" episode was last reported; `None` outside an episode.
+    behind_logged: Option<Instant>,
 }
 
 impl Follower {
     async fn run(&mut self) {
         loop {
             self.processed_on_this_connection = false;
+            self.last_verified = false;
+            self.behind_logged = None;
             let reason = match self.connection().await {
                 Interrupt::ReceiverGone => return,
                 Interrupt::Lost(reason) => reason,
@@ -242,6 +342,9 @@ impl Follower {
         if self.send(connected).await.is_err() {
             return Interrupt::ReceiverGone;
         }
+        if let Err(interrupt) = self.check_genesis(&client).await {
+            return interrupt;
+        }
 
         let mut syncing = false;
         let mut target = first;
@@ -305,22 +408,70 @@ impl Follower {
             return Ok(());
         }
         *syncing = false;
-        let range = match plan(self.last_processed, head.number) {
+        let range = match plan(self.last_processed.map(|b| b.number), head.number) {
             Plan::UpToDate => return Ok(()),
             Plan::Fetch(range) => range,
-            Plan::Reset {
+            Plan::Behind {
                 last_processed,
                 node_finalized,
             } => {
-                let event = FollowerEvent::NodeReset {
-                    last_processed,
-                    node_finalized,
-                };
-                self.send(event).await?;
-                node_finalized..=node_finalized
+                let now = Instant::now();
+                if calm_line_due(self.behind_logged, now, self.config.behind_log_every) {
+                    self.behind_logged = Some(now);
+                    let event = FollowerEvent::Behind {
+                        url: self.config.url.clone(),
+                        last_processed,
+                        node_finalized,
+                    };
+                    self.send(event).await?;
+                }
+                return Ok(());
             }
         };
+        self.behind_logged = None;
+        self.check_last_processed(client).await?;
         self.catch_up(client, range).await
+    }
+
+    /// Compares the node's genesis with the followed chain's (learnt on the first connection).
+    async fn check_genesis(&mut self, client: &NodeClient) -> Result<(), Interrupt> {
+        let node = client.block_hash(0).await?;
+        let Some(followed) = self.genesis else {
+            self.genesis = Some(node.ok_or_else(|| missing_block(0))?);
+            return Ok(());
+        };
+        let followed = BlockRef {
+            number: 0,
+            hash: followed,
+        };
+        self.verdict(check_chain(followed, node)).await
+    }
+
+    /// Before the first block from this connection: the node must hold the last processed block,
+    /// or it is on another chain (asked only once it has finalized past that block).
+    async fn check_last_processed(&mut self, client: &NodeClient) -> Result<(), Interrupt> {
+        let Some(last) = self.last_processed.filter(|_| !self.last_verified) else {
+            return Ok(());
+        };
+        let node = client.block_hash(last.number).await?;
+        self.verdict(check_chain(last, node)).await?;
+        self.last_verified = true;
+        Ok(())
+    }
+
+    /// Reports a mismatch and ends the connection; nothing of that chain is processed.
+    async fn verdict(&mut self, check: Result<(), ChainMismatch>) -> Result<(), Interrupt> {
+        let Err(mismatch) = check else { return Ok(()) };
+        let reason = format!(
+            "the node at {} serves another chain ({mismatch})",
+            self.config.url
+        );
+        let event = FollowerEvent::WrongChain {
+            url: self.config.url.clone(),
+            mismatch,
+        };
+        self.send(event).await?;
+        Err(Interrupt::Lost(reason))
     }
 
     /// Fetches and reports `range` in order, with bounded concurrency.
@@ -339,7 +490,8 @@ impl Follower {
                 .send(FollowerEvent::Block { block, release })
                 .await
                 .map_err(|_| Interrupt::ReceiverGone)?;
-            self.last_processed = Some(block.number);
+            self.last_processed = Some(block);
+            self.last_verified = true;
             self.processed_on_this_connection = true;
         }
         Ok(())
@@ -430,13 +582,58 @@ mod tests {
     }
 
     #[test]
-    fn a_head_behind_the_last_processed_is_a_node_reset() {
+    fn a_head_behind_the_last_processed_is_stale_news() {
         assert_eq!(
             plan(Some(10), 3),
-            Plan::Reset {
+            Plan::Behind {
                 last_processed: 10,
                 node_finalized: 3
             }
         );
+        // Once the node passes the last processed block, the next one is the block after it.
+        assert_eq!(plan(Some(10), 12), Plan::Fetch(11..=12));
+    }
+
+    fn block(number: u64, byte: u8) -> BlockRef {
+        BlockRef {
+            number,
+            hash: BlockHash([byte; 32]),
+        }
+    }
+
+    #[test]
+    fn the_same_block_is_the_same_chain() {
+        assert_eq!(check_chain(block(0, 1), Some(BlockHash([1; 32]))), Ok(()));
+        assert_eq!(check_chain(block(9, 1), Some(BlockHash([1; 32]))), Ok(()));
+    }
+
+    #[test]
+    fn another_genesis_or_another_block_is_another_chain() {
+        let mismatch = check_chain(block(0, 1), Some(BlockHash([2; 32]))).unwrap_err();
+        assert_eq!(
+            mismatch,
+            ChainMismatch::Genesis {
+                followed: BlockHash([1; 32]),
+                node: BlockHash([2; 32])
+            }
+        );
+        assert!(mismatch.to_string().starts_with("its genesis is 0x0202"));
+        let mismatch = check_chain(block(9, 1), Some(BlockHash([2; 32]))).unwrap_err();
+        assert!(mismatch.to_string().starts_with("its block #9 is 0x0202"));
+        let mismatch = check_chain(block(9, 1), None).unwrap_err();
+        assert!(mismatch.to_string().starts_with("it has no block #9"));
+    }
+
+    #[test]
+    fn the_behind_line_repeats_calmly() {
+        let start = Instant::now();
+        let every = Duration::from_secs(60);
+        assert!(calm_line_due(None, start, every));
+        assert!(!calm_line_due(
+            Some(start),
+            start + Duration::from_secs(59),
+            every
+        ));
+        assert!(calm_line_due(Some(start), start + every, every));
     }
 }

@@ -9,7 +9,10 @@
 //! - nothing is started while another child is still alive (a stop must complete first);
 //! - nothing is started without the lock (the host-wide or cross-host exclusion), which is asked
 //!   for only to start an engine and given back once no child is alive and none is about to start;
-//! - an unknown release (absent, 0.0.0, malformed) changes nothing: the state is kept.
+//! - an unknown release (absent, 0.0.0, malformed) changes nothing: the state is kept;
+//! - a block at or below one already seen changes nothing either. The follower never sends one
+//!   (it owns the node connection and decides what a lower finalized head means, see
+//!   `follower.rs`); the gate refusing it too means no path can ever act on a block twice.
 
 use std::time::Duration;
 
@@ -191,6 +194,8 @@ pub struct Gate {
     handing_off: bool,
     /// Time of the latest block event; child exits carry no time of their own.
     now: Duration,
+    /// Number of the latest block acted on: finality only moves forward.
+    last_block: Option<u64>,
 }
 
 impl Gate {
@@ -222,6 +227,7 @@ impl Gate {
             standby: false,
             handing_off: false,
             now: Duration::ZERO,
+            last_block: None,
         }
     }
 
@@ -252,6 +258,10 @@ impl Gate {
                 release,
                 now,
             } => {
+                if self.last_block.is_some_and(|last| block.number <= last) {
+                    return actions;
+                }
+                self.last_block = Some(block.number);
                 self.now = now;
                 match release {
                     Ok(version) => self.on_release(block, version, &mut actions),

@@ -17,6 +17,7 @@ pub mod guardian;
 pub mod handoff_pid;
 pub mod lock;
 pub mod metrics;
+pub mod preflight;
 pub mod probe;
 pub mod rpc;
 pub mod run;

@@ -69,6 +69,7 @@ mod pg_config;
 #[cfg(test)]
 mod pg_tests;
 mod postgres;
+pub(crate) mod preflight;
 mod spec;
 #[cfg(test)]
 mod tests;

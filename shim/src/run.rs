@@ -78,6 +78,24 @@ impl Engine {
     }
 }
 
+/// The start-up checks that need no node, so a wrong path fails now rather than at the upgrade
+/// block: the lock, every engine program, the control socket's directory (exit code 1).
+fn preflight(config: &RunConfig, lock: &LockSpec) -> anyhow::Result<()> {
+    crate::lock::preflight::check(lock).map_err(anyhow::Error::msg)?;
+    for engine in &config.engines {
+        crate::preflight::engine_program(&engine.command[0]).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(path) = &config.control_socket {
+        crate::preflight::control_socket_dir(path).map_err(|problem| {
+            anyhow::anyhow!(
+                "cannot listen on the control socket {}: {problem}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Learns every engine's version (given, or `PROGRAM --version`) and refuses sets the rule cannot
 /// tell apart.
 async fn resolve_engines(config: &RunConfig) -> anyhow::Result<Vec<Engine>> {
@@ -128,10 +146,12 @@ fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
     Ok(LockSpec::parse_with(text, &options).map_err(usage)?)
 }
 
-/// Resolves the engines and the lock, then runs until SIGTERM/SIGINT.
+/// Checks everything that can be checked without the node, resolves the engines and the lock,
+/// then runs until SIGTERM/SIGINT.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let engines = resolve_engines(&config).await?;
     let lock = lock_spec(&config)?;
+    preflight(&config, &lock)?;
+    let engines = resolve_engines(&config).await?;
     let listed = engines
         .iter()
         .map(|e| format!("{} ({})", e.version, e.command[0]))
@@ -151,6 +171,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         backoff_initial: Duration::from_millis(250),
         backoff_max: config.reconnect_max,
         syncing_poll: Duration::from_secs(2),
+        behind_log_every: config.wait_log_every,
     };
     let gate = Gate::new(
         engines.iter().map(|e| e.version).collect(),

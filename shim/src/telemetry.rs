@@ -199,14 +199,20 @@ pub fn follower_event(event: &FollowerEvent) {
         ),
         FollowerEvent::Disconnected { reason, retry_in } => warn!(
             retry_in_ms = retry_in.as_millis() as u64,
-            "lost the node: {reason}; reconnecting in {} (the engine's state is kept)", secs(*retry_in)
+            "lost the node: {reason}; reconnecting in {} (the engine's state is kept)",
+            secs(*retry_in)
         ),
-        FollowerEvent::NodeReset {
+        FollowerEvent::Behind {
+            url,
             last_processed,
             node_finalized,
         } => warn!(
-            last_processed, node_finalized,
-            "the node's finalized head #{node_finalized} is behind block #{last_processed} already processed (was the node reset?); following the node from here"
+            node = %url, last_processed, node_finalized,
+            "node at {url} reports finalized block #{node_finalized}, behind #{last_processed} already processed; waiting for it to pass #{last_processed}"
+        ),
+        FollowerEvent::WrongChain { url, mismatch } => error!(
+            node = %url, mismatch = %mismatch,
+            "node at {url} serves another chain: {mismatch}; nothing is started or stopped on its blocks and the engines are left as they are; point --node at a node of the followed chain (asking this one again after a back-off)"
         ),
         FollowerEvent::Block { .. } => {}
     }

@@ -567,3 +567,70 @@ fn the_readme_example_is_a_valid_config() {
     assert_eq!(config.engines.len(), 2);
     assert_eq!(config.grace, secs(30));
 }
+
+#[test]
+fn every_default_is_inside_its_accepted_range() {
+    for range in RUN_DURATIONS.iter().chain([&CHECK_TIMEOUT]) {
+        assert!(
+            range.min <= range.default && range.default <= range.max,
+            "{range:?}"
+        );
+        assert!(
+            !range.min.is_zero(),
+            "{range:?}: zero crashes or spins the shim"
+        );
+    }
+}
+
+#[test]
+fn out_of_range_durations_name_the_range_and_where_they_came_from() {
+    let err = resolve(&["--grace", "0s", "--", "e"], "").unwrap_err();
+    assert_eq!(err.to_string(), "--grace 0s: must be between 100ms and 1h");
+    let err = resolve(&["--", "e"], "stale_after = \"2h\"").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stale_after in /etc/engine-shim.toml 2h: must be between 1s and 1h"
+    );
+    // The flag wins over the file, so a bad file value under a good flag is never used.
+    let config = resolve(&["--stale-after", "5s", "--", "e"], "stale_after = \"0s\"").unwrap();
+    assert_eq!(config.stale_after, secs(5));
+    for (flag, min, max) in [
+        ("--start-secs", "100ms", "1h"),
+        ("--wait-log-every", "1s", "1day"),
+        ("--reconnect-max", "250ms", "1h"),
+        ("--standby", "100ms", "1day"),
+        ("--lease", "1s", "1h"),
+        ("--renew", "100ms", "30m"),
+    ] {
+        let err = resolve(&[flag, "0s", "--", "e"], "").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{flag} 0s: must be between {min} and {max}")
+        );
+        assert!(resolve(&[flag, min, "--", "e"], "").is_ok(), "{flag} {min}");
+        assert!(resolve(&[flag, max, "--", "e"], "").is_ok(), "{flag} {max}");
+    }
+}
+
+#[test]
+fn only_plain_websocket_node_urls_are_taken() {
+    assert_eq!(
+        parse_node_url(" ws://10.0.0.5:9944 "),
+        Ok("ws://10.0.0.5:9944".into())
+    );
+    let wss = parse_node_url("wss://rpc.example.com").unwrap_err();
+    assert!(wss.starts_with("'wss://rpc.example.com' is not a ws:// URL: this build speaks plain ws:// only (no TLS)"), "{wss}");
+    assert!(parse_node_url("http://127.0.0.1:9933")
+        .unwrap_err()
+        .contains("WebSocket endpoint"));
+    for bad in ["127.0.0.1:9944", "ws://", "ws:///x", ""] {
+        assert!(parse_node_url(bad).is_err(), "{bad}");
+    }
+    let err = resolve(&["--", "e"], "node = \"wss://x\"").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("node in /etc/engine-shim.toml: 'wss://x' is not a ws:// URL"),
+        "{err}"
+    );
+    assert!(try_flags(&["--node", "wss://x", "--", "e"]).is_err());
+}

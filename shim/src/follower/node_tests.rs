@@ -32,6 +32,8 @@ struct Chain {
     finalized: u64,
     /// Bumped when the chain is wiped, so hashes after a reset differ from those before.
     epoch: u8,
+    /// Blocks from this number on have other hashes (genesis kept): a fork.
+    fork_from: Option<u64>,
     /// Release value from a block number onwards (`None` = absent).
     values: BTreeMap<u64, Option<Vec<u8>>>,
     syncing: bool,
@@ -46,6 +48,7 @@ impl Chain {
         let mut bytes = [0xaa; 32];
         bytes[..8].copy_from_slice(&number.to_le_bytes());
         bytes[8] = self.epoch;
+        bytes[9] = u8::from(self.fork_from.is_some_and(|from| number >= from));
         BlockHash(bytes)
     }
 
@@ -569,29 +572,98 @@ async fn a_syncing_node_is_waited_for_once_and_nothing_is_processed() {
 }
 
 #[tokio::test]
-async fn a_wiped_node_is_reported_and_followed_from_its_head() {
+async fn a_node_behind_is_stale_news_until_it_passes_the_last_processed_block() {
     let node = TinyNode::spawn(10, V1_0).await;
     let mut following = Following::start(config(node.url()));
     following.expect_connected(&node, 10).await;
     following.expect_blocks(&node, [10]).await;
 
+    // A replica of the same chain, a few blocks behind.
+    node.edit(|chain| chain.finalized = 7);
+    node.relay.cut_all();
+    following.expect_disconnected("was lost").await;
+    following.expect_connected(&node, 7).await;
+    let behind = FollowerEvent::Behind {
+        url: node.url(),
+        last_processed: 10,
+        node_finalized: 7,
+    };
+    assert_eq!(following.next().await, behind);
+    // Still behind, and at the last processed block: said once, nothing processed.
+    node.finalize_to(9);
+    node.finalize_to(10);
+    node.finalize_to(12);
+    following.expect_blocks(&node, 11..=12).await;
+}
+
+#[tokio::test]
+async fn a_node_on_another_chain_is_refused_until_ours_is_back() {
+    let node = TinyNode::spawn(10, V1_0).await;
+    let mut following = Following::start(config(node.url()));
+    following.expect_connected(&node, 10).await;
+    following.expect_blocks(&node, [10]).await;
+    let ours = (node.block(0), node.block(10));
+
+    // A wiped node: another genesis, further ahead.
     node.edit(|chain| {
         chain.epoch += 1;
-        chain.finalized = 3;
+        chain.finalized = 15;
     });
     node.relay.cut_all();
     following.expect_disconnected("was lost").await;
-    following.expect_connected(&node, 3).await;
-    assert_eq!(
-        following.next().await,
-        FollowerEvent::NodeReset {
-            last_processed: 10,
-            node_finalized: 3
+    following.expect_connected(&node, 15).await;
+    match following.next().await {
+        FollowerEvent::WrongChain { url, mismatch } => {
+            assert_eq!(url, node.url());
+            assert_eq!(
+                mismatch,
+                super::ChainMismatch::Genesis {
+                    followed: ours.0.hash,
+                    node: node.block(0).hash
+                }
+            );
         }
-    );
-    following.expect_blocks(&node, [3]).await;
-    node.finalize_to(4);
+        other => panic!("expected WrongChain, got {other:?}"),
+    }
+    following.expect_disconnected("serves another chain").await;
+
+    // Our chain again: nothing was processed meanwhile, so it resumes after #10.
+    node.edit(|chain| chain.epoch -= 1);
+    loop {
+        match following.next().await {
+            FollowerEvent::Connected { .. } => break,
+            FollowerEvent::WrongChain { .. } | FollowerEvent::Disconnected { .. } => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(node.block(10), ours.1);
+    following.expect_blocks(&node, 11..=15).await;
+}
+
+#[tokio::test]
+async fn another_block_at_the_last_processed_number_is_another_chain() {
+    let node = TinyNode::spawn(4, V1_0).await;
+    let mut following = Following::start(config(node.url()));
+    following.expect_connected(&node, 4).await;
     following.expect_blocks(&node, [4]).await;
+
+    // The node comes back with the same genesis but another block #4 (a fork): refused, once it
+    // has finalized past #4.
+    node.edit(|chain| {
+        chain.fork_from = Some(1);
+        chain.finalized = 6;
+    });
+    node.relay.cut_all();
+    following.expect_disconnected("was lost").await;
+    following.expect_connected(&node, 6).await;
+    match following.next().await {
+        FollowerEvent::WrongChain { mismatch, .. } => assert!(
+            mismatch.to_string().starts_with("its block #4 is "),
+            "{mismatch}"
+        ),
+        other => panic!("expected WrongChain, got {other:?}"),
+    }
+    following.expect_disconnected("serves another chain").await;
 }
 
 #[tokio::test]

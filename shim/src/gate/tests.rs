@@ -121,6 +121,22 @@ fn newer_engine_waits_then_starts_on_the_upgrade_block() {
 }
 
 #[test]
+fn a_block_at_or_below_one_already_seen_changes_nothing() {
+    let mut g = gate(&["1.0.0", "1.1.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    assert_eq!(
+        commands(step(&mut g, at(5, "1.1.0"))),
+        [Action::Stop { engine: 0 }]
+    );
+    step(&mut g, exited(0, 24));
+    // Block #3 again (a replayed or stale head) would hand back to 1.0.0: it is ignored.
+    assert!(step(&mut g, at(3, "1.0.0")).is_empty());
+    assert!(step(&mut g, at(5, "1.0.0")).is_empty());
+    assert_eq!(g.alive(), Some(1));
+    assert_eq!(commands(step(&mut g, at(6, "1.1.0"))), []);
+}
+
+#[test]
 fn waiting_line_repeats_at_the_interval() {
     let mut g = gate(&["1.1.0"]);
     assert!(!step(&mut g, at(1, "1.0.0")).is_empty());
