@@ -94,8 +94,8 @@ async fn an_unusable_lock_fails_at_once_without_the_node() {
     let cases = [
         (file(&missing_lock), missing_message.as_str()),
         (file(&link), "is a symbolic link"),
-        (file(&subdir), "is a directory, not a regular file"),
-        (file(&fifo), "is a FIFO, not a regular file"),
+        (file(&subdir), "is a directory, not a lock file"),
+        (file(&fifo), "is a named pipe, not a lock file"),
     ];
     for (lock, message) in cases {
         let args = run_args(&node, &lock, &[]);

@@ -328,7 +328,9 @@ fn refuse_what_is_not_a_lock_file(path: &Path) -> Result<(), String> {
     }
 }
 
-fn check_is_a_lock_file(path: &Path, found: &std::fs::Metadata) -> Result<(), String> {
+/// What the lock path must be when it exists: a regular file with a single link. Shared with the
+/// start-up check, so both refuse the same things in the same words.
+pub(super) fn check_is_a_lock_file(path: &Path, found: &std::fs::Metadata) -> Result<(), String> {
     let kind = found.file_type();
     let what = if kind.is_symlink() {
         let target = std::fs::read_link(path)

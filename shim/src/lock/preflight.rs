@@ -6,13 +6,13 @@
 //! once. They look without touching: nothing is created, opened or locked here (the lock backend
 //! does its own checks when it opens the file, for what may change later).
 
-use std::fs::{self, FileType, Metadata};
+use std::fs::{self, Metadata};
 use std::io::ErrorKind;
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use rustix::fs::Access;
 
+use super::file::check_is_a_lock_file;
 use super::LockSpec;
 
 /// The tail of every file-lock error: the three ways out an operator has.
@@ -76,15 +76,10 @@ fn check_file(path: &Path) -> Result<(), String> {
     }
 }
 
-/// An existing lock path must be a regular file we may open for reading and writing.
+/// An existing lock path must be what the lock backend will accept (a regular file with one link,
+/// never a symbolic link: the same rule, from the same place) and one we may read and write.
 fn check_existing(path: &Path, meta: &Metadata) -> Result<(), String> {
-    if let Some(kind) = not_a_regular_file(meta.file_type()) {
-        return Err(format!(
-            "{} is {kind}, not a regular file: remove it so the shim can create the lock file \
-             there, {WAYS_OUT}",
-            path.display()
-        ));
-    }
+    check_is_a_lock_file(path, meta)?;
     rustix::fs::access(path, Access::READ_OK | Access::WRITE_OK).map_err(|err| {
         format!(
             "{} is not readable and writable by this user ({err}): fix its owner or mode, \
@@ -92,25 +87,6 @@ fn check_existing(path: &Path, meta: &Metadata) -> Result<(), String> {
             path.display()
         )
     })
-}
-
-/// What a lock path is, when it is not a regular file.
-fn not_a_regular_file(kind: FileType) -> Option<&'static str> {
-    if kind.is_file() {
-        None
-    } else if kind.is_symlink() {
-        Some("a symbolic link (the shim does not follow links for its lock)")
-    } else if kind.is_dir() {
-        Some("a directory")
-    } else if kind.is_fifo() {
-        Some("a FIFO")
-    } else if kind.is_socket() {
-        Some("a socket")
-    } else if kind.is_block_device() || kind.is_char_device() {
-        Some("a device")
-    } else {
-        Some("not a file")
-    }
 }
 
 #[cfg(test)]
@@ -181,6 +157,14 @@ mod tests {
             0,
         )
         .unwrap();
-        assert!(check(&file_lock(&fifo)).unwrap_err().contains("is a FIFO"));
+        assert!(check(&file_lock(&fifo))
+            .unwrap_err()
+            .contains("is a named pipe"));
+
+        let hard = dir.path().join("hard.lock");
+        fs::hard_link(&target, &hard).unwrap();
+        assert!(check(&file_lock(&hard))
+            .unwrap_err()
+            .contains("is a file with 2 hard links"));
     }
 }
