@@ -145,7 +145,11 @@ impl Args {
 
 /// `OLD,NEW` for `--as-versions`.
 fn parse_pair(text: &str) -> Result<(SemVer, SemVer), String> {
-    let usage = || format!("'{text}' is not OLD,NEW (two X.Y.Z versions, OLD older than NEW, e.g. 2.2.8,2.3.0)");
+    let usage = || {
+        format!(
+            "'{text}' is not OLD,NEW (two X.Y.Z versions, OLD older than NEW, e.g. 2.2.8,2.3.0)"
+        )
+    };
     let (old, new) = text.split_once(',').ok_or_else(usage)?;
     let (old, new): (SemVer, SemVer) = (
         old.trim().parse().map_err(|_| usage())?,
