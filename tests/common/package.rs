@@ -16,7 +16,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use super::bin;
 
@@ -125,8 +125,13 @@ impl Prefix {
 fn replace_in_place(from: &Path, to: &Path) {
     let name = to.file_name().unwrap().to_string_lossy();
     let temporary = to.with_file_name(format!("{name}.dpkg-new"));
-    fs::copy(from, &temporary)
-        .unwrap_or_else(|e| panic!("cannot write {}: {e}", temporary.display()));
+    fs::copy(from, &temporary).unwrap_or_else(|e| {
+        panic!(
+            "cannot copy {} to {}: {e}",
+            from.display(),
+            temporary.display()
+        )
+    });
     fs::rename(&temporary, to).unwrap_or_else(|e| {
         panic!(
             "cannot rename {} over {}: {e}",
@@ -205,17 +210,22 @@ fn built(versions: &[&str]) -> PathBuf {
     dir
 }
 
-/// A fresh directory for this test process's builds, under the target directory.
+/// A directory for this test process's builds under the target directory, emptied once when the
+/// process first needs it (a leftover from an earlier process with the same pid goes).
 fn build_dir() -> PathBuf {
-    let fake_engine = bin("fake-engine");
-    let dir = fake_engine
-        .parent()
-        .unwrap()
-        .join("engine-packages")
-        .join(std::process::id().to_string());
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let fake_engine = bin("fake-engine");
+        let dir = fake_engine
+            .parent()
+            .unwrap()
+            .join("engine-packages")
+            .join(std::process::id().to_string());
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+    .clone()
 }
 
 fn build(versions: &[&str], dir: &Path) {
