@@ -23,11 +23,16 @@ struct Engine {
 
 impl Engine {
     fn spawn(node: &Node, dir: &Path, program: &Path, identity: &[&str]) -> Engine {
+        Engine::spawn_at(&node.url, dir, program, identity)
+    }
+
+    /// As [`Engine::spawn`], following the node at `url` (which may not be up yet).
+    fn spawn_at(url: &str, dir: &Path, program: &Path, identity: &[&str]) -> Engine {
         let (events, data_dir) = (dir.join("events.jsonl"), dir.join("data"));
         let mut command = Command::new(program);
         command
             .args(identity)
-            .args(["--node", &node.url])
+            .args(["--node", url])
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--events")
@@ -412,4 +417,28 @@ async fn installing_in_place_leaves_a_running_engine_on_its_old_inode() {
         !common::is_gone(engine.proc.pid()),
         "removing the package stopped the engine"
     );
+}
+
+#[tokio::test]
+async fn a_double_started_while_the_node_is_down_waits_holding_nothing_and_starts_once_it_is_up() {
+    // A port nothing listens on (yet).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::spawn_at(
+        &format!("ws://127.0.0.1:{port}"),
+        dir.path(),
+        &common::bin("fake-engine"),
+        &["--as-version", "1.0.0"],
+    );
+    engine.wait_line(0, "fake-engine: node: Disconnected").await;
+    assert!(engine.events().is_empty());
+    assert!(lock_is_free(&engine.lock));
+
+    let _node = Node::start_on(port, &["--release", "1.0.0"]).await;
+    let start = engine.wait_event("start", 1).await;
+    assert_eq!(block_of(&start), 0);
 }
