@@ -127,7 +127,7 @@ fn main() -> ExitCode {
         };
         match &args.node {
             Some(url) => follow::run(&args, covers, url, signals).await,
-            None => run(args, signals).await,
+            None => run_passive(args, signals).await,
         }
     })
 }
@@ -168,7 +168,7 @@ struct Signals {
 }
 
 /// Passive mode: runs from the moment it is started.
-async fn run(args: Args, signals: Signals) -> ExitCode {
+async fn run_passive(args: Args, signals: Signals) -> ExitCode {
     let Signals { mut term, mut int } = signals;
     let version = args.covers().reported();
     let log = EventLog::new(&args);

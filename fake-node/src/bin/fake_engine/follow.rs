@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use engine_shim::block::BlockRef;
 use engine_shim::follower::{follow, FollowerConfig, FollowerEvent};
@@ -14,6 +15,7 @@ use engine_shim::storage_key::release_key;
 use fake_node::double::{Action, Covers, Double};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{leave_helper, lock_data_dir, say, Args, EventLog, Signals, CRASH_EXIT};
 
@@ -23,14 +25,18 @@ const INCOMPATIBLE_EXIT: u8 = 1;
 /// Follows `url` until the release leaves the engine (exit 1) or a signal stops it (exit 0).
 pub async fn run(args: &Args, covers: Covers, url: &str, signals: Signals) -> ExitCode {
     let Signals { mut term, mut int } = signals;
-    let log = EventLog::new(args);
     let (sender, mut blocks) = mpsc::channel(64);
     tokio::spawn(follow(FollowerConfig::new(url, release_key()), sender));
+    let mut shell = Shell {
+        args,
+        log: EventLog::new(args),
+        lock: None,
+        crash_at: None,
+    };
     let mut double = Double::new(covers);
-    let mut lock: Option<File> = None;
-    let crash = tokio::time::sleep(std::time::Duration::MAX / 4);
+    // Armed at the start; until then it sleeps "forever".
+    let crash = tokio::time::sleep(Duration::from_secs(u32::MAX.into()));
     tokio::pin!(crash);
-    let mut crash_armed = false;
 
     loop {
         tokio::select! {
@@ -44,50 +50,12 @@ pub async fn run(args: &Args, covers: Covers, url: &str, signals: Signals) -> Ex
                     continue;
                 };
                 for action in double.step(block, &release) {
-                    match action {
-                        Action::Print(line) => say(&line),
-                        Action::PrintErr(line) => eprintln!("{line}"),
-                        Action::Start { version, block } => {
-                            if let Some(dir) = &args.data_dir {
-                                match lock_data_dir(dir) {
-                                    Ok(file) => lock = Some(file),
-                                    Err(error) => {
-                                        eprintln!("fake-engine {version}: {error}");
-                                        log.write_fields("lock_failed", version, json!({ "error": error, "data_dir": dir.display().to_string() }));
-                                        return ExitCode::FAILURE;
-                                    }
-                                }
-                            }
-                            log.write_fields("start", version, block_fields(block));
-                            if args.leave_helper {
-                                match leave_helper(lock.as_ref()) {
-                                    Ok(pid) => log.write_as("helper", pid, None),
-                                    Err(error) => eprintln!("fake-engine: cannot start the helper: {error}"),
-                                }
-                            }
-                            say(&format!("fake-engine {version} started pid {} at block {block}", std::process::id()));
-                            if let Some(after) = args.crash_after {
-                                crash.as_mut().reset(tokio::time::Instant::now() + after);
-                                crash_armed = true;
-                            }
-                        }
-                        Action::Switch { from, to, block } => {
-                            let mut fields = block_fields(block);
-                            fields["from"] = from.to_string().into();
-                            log.write_fields("switch", to, fields);
-                            say(&format!("fake-engine switched from {from} to {to} at block {block} in pid {}", std::process::id()));
-                        }
-                        Action::Exit { version, block, release } => {
-                            // Written while the lock is still held, like `stop`.
-                            let mut fields = block_fields(block);
-                            fields["release"] = release.to_string().into();
-                            log.write_fields("exit_incompatible", version, fields);
-                            if let Some(lock) = lock.take() {
-                                let _ = lock.unlock();
-                            }
-                            return ExitCode::from(INCOMPATIBLE_EXIT);
-                        }
+                    if let Some(exit) = shell.carry_out(action) {
+                        return exit;
                     }
+                }
+                if let Some(at) = shell.crash_at.take() {
+                    crash.as_mut().reset(at);
                 }
             }
             _ = term.recv() => {
@@ -98,9 +66,9 @@ pub async fn run(args: &Args, covers: Covers, url: &str, signals: Signals) -> Ex
                 break;
             }
             _ = int.recv() => break,
-            () = &mut crash, if crash_armed => {
+            () = &mut crash => {
                 let version = double.active().unwrap_or(covers.reported());
-                log.write_fields("crash", version, json!({}));
+                shell.log.write_fields("crash", version, json!({}));
                 eprintln!("fake-engine {version} crashing as told (--crash-after)");
                 std::process::exit(CRASH_EXIT.into());
             }
@@ -112,10 +80,8 @@ pub async fn run(args: &Args, covers: Covers, url: &str, signals: Signals) -> Ex
             say(&format!("fake-engine {version} stopping"));
             tokio::time::sleep(args.shutdown_delay).await;
             // As in passive mode: `stop` while the lock is still held.
-            log.write_fields("stop", version, json!({}));
-            if let Some(lock) = lock {
-                let _ = lock.unlock();
-            }
+            shell.log.write_fields("stop", version, json!({}));
+            shell.unlock();
         }
         None => say(&format!(
             "fake-engine {} stopping (it was waiting and held nothing)",
@@ -123,6 +89,79 @@ pub async fn run(args: &Args, covers: Covers, url: &str, signals: Signals) -> Ex
         )),
     }
     ExitCode::SUCCESS
+}
+
+/// What the engine holds and records while it follows the node.
+struct Shell<'a> {
+    args: &'a Args,
+    log: EventLog,
+    lock: Option<File>,
+    /// Set at the start when `--crash-after` asks for a crash.
+    crash_at: Option<Instant>,
+}
+
+impl Shell<'_> {
+    /// Carries out one action; `Some` is the exit status when the engine must end now.
+    fn carry_out(&mut self, action: Action) -> Option<ExitCode> {
+        match action {
+            Action::Print(line) => say(&line),
+            Action::PrintErr(line) => eprintln!("{line}"),
+            Action::Start { version, block } => {
+                if let Some(dir) = &self.args.data_dir {
+                    match lock_data_dir(dir) {
+                        Ok(file) => self.lock = Some(file),
+                        Err(error) => {
+                            eprintln!("fake-engine {version}: {error}");
+                            let fields =
+                                json!({ "error": error, "data_dir": dir.display().to_string() });
+                            self.log.write_fields("lock_failed", version, fields);
+                            return Some(ExitCode::FAILURE);
+                        }
+                    }
+                }
+                self.log.write_fields("start", version, block_fields(block));
+                if self.args.leave_helper {
+                    match leave_helper(self.lock.as_ref()) {
+                        Ok(pid) => self.log.write_as("helper", pid, None),
+                        Err(error) => eprintln!("fake-engine: cannot start the helper: {error}"),
+                    }
+                }
+                say(&format!(
+                    "fake-engine {version} started pid {} at block {block}",
+                    std::process::id()
+                ));
+                self.crash_at = self.args.crash_after.map(|after| Instant::now() + after);
+            }
+            Action::Switch { from, to, block } => {
+                let mut fields = block_fields(block);
+                fields["from"] = from.to_string().into();
+                self.log.write_fields("switch", to, fields);
+                say(&format!(
+                    "fake-engine switched from {from} to {to} at block {block} in pid {}",
+                    std::process::id()
+                ));
+            }
+            Action::Exit {
+                version,
+                block,
+                release,
+            } => {
+                // Written while the lock is still held, like `stop`.
+                let mut fields = block_fields(block);
+                fields["release"] = release.to_string().into();
+                self.log.write_fields("exit_incompatible", version, fields);
+                self.unlock();
+                return Some(ExitCode::from(INCOMPATIBLE_EXIT));
+            }
+        }
+        None
+    }
+
+    fn unlock(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            let _ = lock.unlock();
+        }
+    }
 }
 
 /// The block an event happened at, as `block` (number) and `block_hash`.
