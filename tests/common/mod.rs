@@ -12,6 +12,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 pub mod chaos;
 pub mod failover;
+pub mod package;
 pub mod pg;
 
 use std::fs;
@@ -1233,11 +1234,17 @@ pub fn shell_words(words: &[String]) -> String {
         .join(" ")
 }
 
+/// Events an engine writes as its last, while still holding its data directory: a clean stop, a
+/// crash, or an exit because the release no longer fits (`fake-engine --node`).
+pub fn ends_a_life(event: &str) -> bool {
+    matches!(event, "stop" | "crash" | "exit_incompatible")
+}
+
 /// Start events of engines that still run (per /proc; zombies and reused pids count as gone).
 pub fn alive_engines(events: &[EngineEvent]) -> Vec<EngineEvent> {
     let ended: Vec<u32> = events
         .iter()
-        .filter(|e| e.event == "stop" || e.event == "crash")
+        .filter(|e| ends_a_life(&e.event))
         .map(|e| e.pid)
         .collect();
     events
@@ -1273,7 +1280,7 @@ pub fn overlapping_lives(events: &[EngineEvent], seen_alive: &[(u32, u128)]) -> 
     for life in &mut lives {
         let ends = events
             .iter()
-            .filter(|e| e.pid == life.pid && (e.event == "stop" || e.event == "crash"))
+            .filter(|e| e.pid == life.pid && ends_a_life(&e.event))
             .map(EngineEvent::unix_nanos);
         let seen = seen_alive
             .iter()

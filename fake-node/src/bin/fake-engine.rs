@@ -5,6 +5,13 @@
 //! and stops on SIGTERM/SIGINT after an optional delay. With `--events` it appends one JSON line per
 //! start, stop, crash and lock failure, so a test can prove from the file alone that two engines never
 //! ran at once and see exactly which arguments and `ENGINE_SHIM_*` variables each was given.
+//!
+//! By default it is passive: it runs from the moment it is started. With `--node URL` it follows the
+//! node's finalized blocks itself, as real Chainflip engines do (see `fake_node::double`): a 1.0–1.3
+//! engine (`--as-version`) or today's two-version runner (`--as-versions OLD,NEW`).
+
+#[path = "fake_engine/follow.rs"]
+mod follow;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -13,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use engine_shim::version::SemVer;
+use fake_node::double::Covers;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Exit status after `--crash-after`, distinct from a clean stop (0) and a lock failure (1).
@@ -25,15 +33,27 @@ const CRASH_EXIT: u8 = 3;
 #[command(
     name = "fake-engine",
     disable_version_flag = true,
-    trailing_var_arg = true
+    trailing_var_arg = true,
+    group(ArgGroup::new("identity").required(true).args(["as_version", "as_versions"]))
 )]
 struct Args {
     /// The engine version to pretend to be (also read from FAKE_ENGINE_AS_VERSION, so a bare
     /// `fake-engine --version` can be probed).
     #[arg(long, value_name = "X.Y.Z", env = "FAKE_ENGINE_AS_VERSION")]
-    as_version: SemVer,
+    as_version: Option<SemVer>,
 
-    /// Print `fake-engine X.Y.Z` and exit.
+    /// Be today's Chainflip runner, linked against two engine versions: runs NEW when it fits,
+    /// else OLD, switching OLD → NEW inside this process at the upgrade block. Needs `--node`.
+    #[arg(long, value_name = "OLD,NEW", value_parser = parse_pair)]
+    as_versions: Option<(SemVer, SemVer)>,
+
+    /// Follow this node's finalized blocks and decide like a real engine: wait (holding nothing)
+    /// while not yet compatible, start at the first compatible block, exit 1 once the release no
+    /// longer fits. Without it the engine runs from the moment it is started.
+    #[arg(long, value_name = "URL")]
+    node: Option<String>,
+
+    /// Print `fake-engine X.Y.Z` (a runner prints only NEW) and exit.
     #[arg(short = 'V', long)]
     version: bool,
 
@@ -71,9 +91,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let covers = args.covers();
     if args.version {
-        println!("fake-engine {}", args.as_version);
+        println!("fake-engine {}", covers.reported());
         return ExitCode::SUCCESS;
+    }
+    if matches!(covers, Covers::Runner { .. }) && args.node.is_none() {
+        eprintln!(
+            "fake-engine: --as-versions needs --node URL: the runner picks its inner version from \
+             the release at each finalized block (or use --as-version X.Y.Z for a passive engine)"
+        );
+        return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -85,21 +113,64 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args))
+    runtime.block_on(async {
+        // Signal handlers first: a SIGTERM that arrives while starting up must still mean a clean stop.
+        let signals = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals { term, int },
+            (Err(error), _) | (_, Err(error)) => {
+                eprintln!("fake-engine: cannot install signal handlers: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match &args.node {
+            Some(url) => follow::run(&args, covers, url, signals).await,
+            None => run_passive(args, signals).await,
+        }
+    })
 }
 
-async fn run(args: Args) -> ExitCode {
-    // Signal handlers first: a SIGTERM that arrives while starting up must still mean a clean stop.
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(error), _) | (_, Err(error)) => {
-            eprintln!("fake-engine: cannot install signal handlers: {error}");
-            return ExitCode::FAILURE;
+impl Args {
+    /// Which engine to be; clap guarantees exactly one of the two flags.
+    fn covers(&self) -> Covers {
+        match (self.as_versions, self.as_version) {
+            (Some((old, new)), _) => Covers::Runner { old, new },
+            (None, Some(version)) => Covers::One(version),
+            (None, None) => unreachable!("clap requires --as-version or --as-versions"),
         }
+    }
+}
+
+/// `OLD,NEW` for `--as-versions`.
+fn parse_pair(text: &str) -> Result<(SemVer, SemVer), String> {
+    let usage = || {
+        format!(
+            "'{text}' is not OLD,NEW (two X.Y.Z versions, OLD older than NEW, e.g. 2.2.8,2.3.0)"
+        )
     };
+    let (old, new) = text.split_once(',').ok_or_else(usage)?;
+    let (old, new): (SemVer, SemVer) = (
+        old.trim().parse().map_err(|_| usage())?,
+        new.trim().parse().map_err(|_| usage())?,
+    );
+    if old >= new {
+        return Err(usage());
+    }
+    Ok((old, new))
+}
+
+/// SIGTERM and SIGINT, installed before anything else.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+/// Passive mode: runs from the moment it is started.
+async fn run_passive(args: Args, signals: Signals) -> ExitCode {
+    let Signals { mut term, mut int } = signals;
+    let version = args.covers().reported();
     let log = EventLog::new(&args);
 
     let lock = match &args.data_dir {
@@ -107,7 +178,7 @@ async fn run(args: Args) -> ExitCode {
         Some(dir) => match lock_data_dir(dir) {
             Ok(lock) => Some(lock),
             Err(error) => {
-                eprintln!("fake-engine {}: {error}", args.as_version);
+                eprintln!("fake-engine {}: {error}", version);
                 log.write("lock_failed", Some(&error));
                 return ExitCode::FAILURE;
             }
@@ -122,7 +193,7 @@ async fn run(args: Args) -> ExitCode {
     }
     say(&format!(
         "fake-engine {} started pid {}",
-        args.as_version,
+        version,
         std::process::id()
     ));
 
@@ -137,7 +208,7 @@ async fn run(args: Args) -> ExitCode {
         tokio::select! {
             _ = term.recv() => {
                 if args.ignore_term {
-                    say(&format!("fake-engine {} ignoring SIGTERM", args.as_version));
+                    say(&format!("fake-engine {} ignoring SIGTERM", version));
                     continue;
                 }
                 break;
@@ -145,14 +216,14 @@ async fn run(args: Args) -> ExitCode {
             _ = int.recv() => break,
             () = &mut crash => {
                 log.write("crash", None);
-                eprintln!("fake-engine {} crashing as told (--crash-after)", args.as_version);
+                eprintln!("fake-engine {} crashing as told (--crash-after)", version);
                 // The lock goes with the process, as it would in a real crash.
                 std::process::exit(CRASH_EXIT.into());
             }
         }
     }
 
-    say(&format!("fake-engine {} stopping", args.as_version));
+    say(&format!("fake-engine {} stopping", version));
     tokio::time::sleep(args.shutdown_delay).await;
     // "stop" is written while the lock is still held, so an engine sharing the data directory can
     // only write its "start" after this "stop": in the events file, their lives never interleave.
@@ -226,13 +297,15 @@ struct EventLog {
     extra: Vec<String>,
     env: BTreeMap<String, String>,
     data_dir: Option<PathBuf>,
+    /// A runner's two versions, OLD then NEW, on every event.
+    covers: Option<Vec<String>>,
 }
 
 impl EventLog {
     fn new(args: &Args) -> Self {
         EventLog {
             path: args.events.clone(),
-            version: args.as_version,
+            version: args.covers().reported(),
             extra: args.extra.clone(),
             // `vars_os`: one odd variable elsewhere in the environment must not stop the engine.
             env: std::env::vars_os()
@@ -243,6 +316,10 @@ impl EventLog {
                 })
                 .collect(),
             data_dir: args.data_dir.clone(),
+            covers: match args.covers() {
+                Covers::One(_) => None,
+                Covers::Runner { old, new } => Some(vec![old.to_string(), new.to_string()]),
+            },
         }
     }
 
@@ -252,18 +329,7 @@ impl EventLog {
 
     /// An event about process `pid` (this engine, or a process it started).
     fn write_as(&self, event: &str, pid: u32, error: Option<&str>) {
-        let Some(path) = &self.path else { return };
-        let unix_nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos());
-        let mut record = serde_json::json!({
-            "event": event,
-            "version": self.version.to_string(),
-            "pid": pid,
-            "unix_nanos": u64::try_from(unix_nanos).unwrap_or(u64::MAX),
-            "args": self.extra,
-            "env": self.env,
-        });
+        let mut record = self.record(event, self.version, pid);
         if let Some(error) = error {
             record["error"] = error.into();
             record["data_dir"] = self
@@ -272,6 +338,40 @@ impl EventLog {
                 .map(|d| d.display().to_string())
                 .into();
         }
+        self.append(record);
+    }
+
+    /// An event of this engine as `version` (the active inner version of a runner), with more
+    /// fields (`block`, `release`, …).
+    fn write_fields(&self, event: &str, version: SemVer, fields: serde_json::Value) {
+        let mut record = self.record(event, version, std::process::id());
+        if let (Some(record), serde_json::Value::Object(fields)) = (record.as_object_mut(), fields)
+        {
+            record.extend(fields);
+        }
+        self.append(record);
+    }
+
+    fn record(&self, event: &str, version: SemVer, pid: u32) -> serde_json::Value {
+        let unix_nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        let mut record = serde_json::json!({
+            "event": event,
+            "version": version.to_string(),
+            "pid": pid,
+            "unix_nanos": u64::try_from(unix_nanos).unwrap_or(u64::MAX),
+            "args": self.extra,
+            "env": self.env,
+        });
+        if let Some(covers) = &self.covers {
+            record["covers"] = covers.clone().into();
+        }
+        record
+    }
+
+    fn append(&self, record: serde_json::Value) {
+        let Some(path) = &self.path else { return };
         let mut line = record.to_string().into_bytes();
         line.push(b'\n');
         let written = OpenOptions::new()
