@@ -56,17 +56,25 @@ const MAX_REOPENS: usize = 8;
 /// Holder information longer than this is not ours: it is ignored rather than read whole.
 const MAX_HOLDER_BYTES: usize = 4096;
 
-/// How often a waiter looks again while the holder of a deleted or replaced lock file lives on.
-/// There is no notification for an OFD lock going away to block on; this wait only happens after
-/// somebody deleted a held lock file, so it is rare and short-lived.
+/// How often a waiter looks again while the holder of a deleted or replaced lock file lives on:
+/// at first after 1 ms, doubling up to 50 ms. There is no notification for an OFD lock going away
+/// to block on; a long wait only happens after somebody deleted a held lock file. The short first
+/// looks cover a holder caught between closing its file and closing its anchor (see
+/// [`LockFile`]'s field order), so an ordinary hand-over is not delayed by a whole poll.
+pub(super) const ANCHOR_POLL_FIRST: Duration = Duration::from_millis(1);
 pub(super) const ANCHOR_POLL: Duration = Duration::from_millis(50);
 
 /// One open lock file and its directory's anchor. The flock and the anchor, when taken, live
 /// exactly as long as this value (and the copies of its descriptors an engine inherited).
+///
+/// The anchor is let go *before* the flock, so a waiter woken by the flock does not find the
+/// anchor still held by the holder it just replaced: `anchor` is declared (and so dropped) first,
+/// and its directory is opened first, so its descriptor number is the lower one and a process that
+/// exits with both (the guardian, the engine) closes it first too.
 #[derive(Debug)]
 pub(super) struct LockFile {
-    file: File,
     anchor: Anchor,
+    file: File,
     path: PathBuf,
 }
 
@@ -87,6 +95,7 @@ impl LockFile {
     /// anything but a regular file with one link is refused.
     pub(super) fn open(path: &Path) -> Result<LockFile, String> {
         refuse_what_is_not_a_lock_file(path)?;
+        let anchor = Anchor::open(path)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -101,10 +110,9 @@ impl LockFile {
             .metadata()
             .map_err(|err| format!("cannot inspect lock file {}: {err}", path.display()))?;
         check_is_a_lock_file(path, &opened)?;
-        let anchor = Anchor::open(path)?;
         Ok(LockFile {
-            file,
             anchor,
+            file,
             path: path.to_path_buf(),
         })
     }
@@ -132,6 +140,7 @@ impl LockFile {
     pub(super) fn lock(mut self) -> Result<LockFile, String> {
         let mut reopens = 0;
         let mut told = false;
+        let mut poll = ANCHOR_POLL_FIRST;
         loop {
             loop {
                 match self.file.lock() {
@@ -143,7 +152,9 @@ impl LockFile {
             match self.settle()? {
                 Settled::Ours => return Ok(self),
                 Settled::Orphan => {
-                    if !told {
+                    std::thread::sleep(poll);
+                    poll = (poll * 2).min(ANCHOR_POLL);
+                    if !told && poll == ANCHOR_POLL {
                         told = true;
                         tracing::warn!(
                             lock = %self.path.display(),
@@ -152,7 +163,6 @@ impl LockFile {
                             self.path.display()
                         );
                     }
-                    std::thread::sleep(ANCHOR_POLL);
                 }
                 Settled::Replaced => {
                     reopens += 1;
@@ -260,7 +270,16 @@ impl Anchor {
             .read(true)
             .custom_flags(libc::O_DIRECTORY)
             .open(&dir_path)
-            .map_err(|err| format!("cannot open lock directory {}: {err}", dir_path.display()))?;
+            .map_err(|err| match err.kind() {
+                ErrorKind::NotFound => format!(
+                    "lock directory {} does not exist: create it, or {WAYS_OUT}",
+                    dir_path.display()
+                ),
+                _ => format!(
+                    "cannot open lock directory {}: {err}: {WAYS_OUT}",
+                    dir_path.display()
+                ),
+            })?;
         let name = path.file_name().unwrap_or(OsStr::new(""));
         Ok(Anchor {
             dir,
