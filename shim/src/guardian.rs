@@ -208,16 +208,25 @@ fn reap_exited(engine: u32) -> Option<ExitStatus> {
     }
 }
 
-/// Kills and reaps every descendant left: the engine's group, then every child (orphans of the
-/// tree are re-parented to us as the subreaper), until none is left.
+/// Kills and reaps every descendant left: the engine's group first, then every child (orphans of
+/// the tree are re-parented to us as the subreaper), until `waitpid` says none is left. Children
+/// are only looked up while some are still alive, so an engine that left nothing behind costs no
+/// look at /proc.
 fn reap_everything(engine: u32) {
+    signal_group(engine, libc::SIGKILL);
     loop {
-        kill_tree(engine);
         let mut status = 0;
         // SAFETY: a valid pointer to a local.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            return;
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        match pid {
+            1.. => continue,
+            0 => {
+                kill_tree(engine);
+                // SAFETY: as above; blocks until one of them has died.
+                unsafe { libc::waitpid(-1, &mut status, 0) };
+            }
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return, // ECHILD: nothing of the engine is left
         }
     }
 }
@@ -226,7 +235,7 @@ fn reap_everything(engine: u32) {
 /// ours once they die, and are killed on the next round).
 fn kill_tree(engine: u32) {
     signal_group(engine, libc::SIGKILL);
-    for child in children_of(std::process::id()) {
+    for child in children() {
         // SAFETY: a plain system call; `child` is our own unreaped child, so the pid is not
         // recycled.
         unsafe {
@@ -240,6 +249,19 @@ fn signal_group(leader: u32, signal: i32) {
     // (and then kills whatever is left in its group), the group id cannot be reused.
     unsafe {
         libc::kill(-(leader as libc::pid_t), signal);
+    }
+}
+
+/// Our children: from `/proc/self/task/PID/children` where the kernel offers it (the guardian has
+/// one thread, so that is every child), else by looking through every `/proc/PID/stat`.
+fn children() -> Vec<u32> {
+    let me = std::process::id();
+    match std::fs::read_to_string(format!("/proc/self/task/{me}/children")) {
+        Ok(list) => list
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect(),
+        Err(_) => children_of(me),
     }
 }
 
