@@ -226,20 +226,7 @@ impl Double {
                 }
                 Phase::Idle | Phase::Done => self.start(old, block),
             },
-            Compatibility::NotYetCompatible => {
-                let status = exit_status(NOT_YET_COMPATIBLE, 0);
-                self.exit(
-                    vec![
-                        Action::Print(format!("Old version has exited with exit status: {status}")),
-                        Action::PrintErr(format!(
-                            "Error: An error has occurred running the old version with exit status: {status}"
-                        )),
-                    ],
-                    old,
-                    block,
-                    release,
-                )
-            }
+            Compatibility::NotYetCompatible => self.old_refused(old, block, release),
             Compatibility::NoLongerCompatible => self.switch_to_new(old, new, block, release),
         }
     }
@@ -255,21 +242,24 @@ impl Double {
         match self.rule.compare(old, release) {
             Compatibility::Compatible => Vec::new(),
             Compatibility::NoLongerCompatible => self.switch_to_new(old, new, block, release),
-            Compatibility::NotYetCompatible => {
-                let status = exit_status(NOT_YET_COMPATIBLE, 0);
-                self.exit(
-                    vec![
-                        Action::Print(format!("Old version has exited with exit status: {status}")),
-                        Action::PrintErr(format!(
-                            "Error: An error has occurred running the old version with exit status: {status}"
-                        )),
-                    ],
-                    old,
-                    block,
-                    release,
-                )
-            }
+            Compatibility::NotYetCompatible => self.old_refused(old, block, release),
         }
+    }
+
+    /// Old answered "not yet compatible": the runner has no version for this release and exits.
+    fn old_refused(&mut self, old: SemVer, block: BlockRef, release: SemVer) -> Vec<Action> {
+        let status = exit_status(NOT_YET_COMPATIBLE, 0);
+        self.exit(
+            vec![
+                Action::Print(format!("Old version has exited with exit status: {status}")),
+                Action::PrintErr(format!(
+                    "Error: An error has occurred running the old version with exit status: {status}"
+                )),
+            ],
+            old,
+            block,
+            release,
+        )
     }
 
     /// Old said "no longer compatible" at `block`: run new from that block in this process.
