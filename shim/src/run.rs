@@ -4,7 +4,7 @@
 //! signals, and carries out the gate's actions on real processes. All decisions stay in the gate.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,7 +129,12 @@ fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
             .iter()
             .flat_map(|e| e.command.iter().skip(1).cloned())
             .collect();
-        return Ok(LockSpec::default_for(config.lock_dir.as_deref(), &args));
+        let env_root = std::env::var_os(crate::lock::CONFIG_ROOT_ENV).map(PathBuf::from);
+        return Ok(LockSpec::default_for(
+            config.lock_dir.as_deref(),
+            &args,
+            env_root.as_deref(),
+        ));
     };
     // A URL is not repeated past its scheme: a mistaken one may carry a password.
     let shown = LockSpec::shown_safely(text);
