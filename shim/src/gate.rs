@@ -10,6 +10,9 @@
 //! - nothing is started without the lock (the host-wide or cross-host exclusion), which is asked
 //!   for only to start an engine and given back once no child is alive and none is about to start;
 //! - an unknown release (absent, 0.0.0, malformed) changes nothing: the state is kept;
+//! - an engine that exits on its own is not restarted before the release at the node's latest
+//!   finalized head has been read (the gate asks for it with [`Action::CheckHead`]): an engine
+//!   that left because the chain moved past it is a hand-over, not a crash;
 //! - a block at or below one already seen changes nothing either. The follower never sends one
 //!   (it owns the node connection and decides what a lower finalized head means, see
 //!   `follower.rs`); the gate refusing it too means no path can ever act on a block twice.
@@ -40,6 +43,12 @@ pub enum Event {
     },
     /// A restart timer the gate asked for has fired.
     RestartDue { engine: EngineId },
+    /// The answer to [`Action::CheckHead`]: the release at the node's latest finalized head, or
+    /// why it could not be read (node unreachable, release unknown there).
+    HeadRelease {
+        engine: EngineId,
+        answer: Result<(BlockRef, SemVer), String>,
+    },
     /// The lock the gate asked for is ours.
     LockGranted,
     /// The lock was lost (not renewed in time, taken, database gone): fence at once.
@@ -55,12 +64,16 @@ pub enum Event {
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Start this engine. `block` is the first finalized block of the release it is compatible with.
+    /// Start this engine from `block`: the upgrade block (the first finalized block carrying the
+    /// release) for the first start after an upgrade, else the latest finalized block seen.
     Start { engine: EngineId, block: BlockRef },
     /// Stop this engine gracefully (TERM, grace, KILL); its exit comes back as [`Event::ChildExited`].
     Stop { engine: EngineId },
     /// Send [`Event::RestartDue`] for this engine after the delay.
     ScheduleRestart { engine: EngineId, after: Duration },
+    /// Read the release at the node's latest finalized head, once, beside the follower's ordered
+    /// stream, and send the answer back as [`Event::HeadRelease`] for this engine.
+    CheckHead { engine: EngineId },
     /// Start acquiring the lock; [`Event::LockGranted`] comes back once it is ours.
     AcquireLock,
     /// Give up a pending acquisition: no grant may follow.
@@ -119,12 +132,30 @@ pub enum Notice {
         error: ReleaseError,
         running: Option<SemVer>,
     },
-    /// An engine exited while it should run; it is restarted after `restart_in`.
+    /// An engine exited while it should run; it is restarted after `restart_in`. `unconfirmed`
+    /// says why the release at the finalized head could not be read: the restart then waits
+    /// until it can.
     Crashed {
         engine: SemVer,
         status: String,
         uptime: Duration,
         restart_in: Duration,
+        unconfirmed: Option<String>,
+    },
+    /// An engine exited on its own because the chain moved past it: a hand-over, not a crash.
+    /// The next engine starts when the follower reaches the upgrade block.
+    ExitedAtUpgrade {
+        engine: SemVer,
+        release: SemVer,
+        block: BlockRef,
+        status: String,
+    },
+    /// A restart is due, but the release at the finalized head could not be read: asked again
+    /// after `retry_in`.
+    RestartDeferred {
+        engine: SemVer,
+        error: String,
+        retry_in: Duration,
     },
     /// An engine that was asked to stop has exited.
     Stopped { engine: SemVer, status: String },
@@ -147,6 +178,14 @@ enum Job {
     Stopping(EngineId),
     /// The child crashed; a restart timer is pending. No child is alive.
     RestartPending(EngineId),
+    /// The child exited on its own; the release at the finalized head is being read to tell an
+    /// upgrade from a crash. No child is alive; the lock is kept for the hand-over.
+    ExitCheck(EngineId),
+    /// A restart is due; the release at the finalized head is being read first. No child is alive.
+    RestartCheck(EngineId),
+    /// The child left at an upgrade the follower has not reached yet: it is not restarted, and
+    /// the next engine starts at the upgrade block. No child is alive.
+    Retired(EngineId),
 }
 
 /// Where the gate stands with the lock. A live child always implies `Held`.
@@ -168,6 +207,9 @@ struct KnownRelease {
     target: Option<EngineId>,
     /// First finalized block at which `target` became the engine to run (the hand-over block).
     since: BlockRef,
+    /// `since` is an upgrade block no engine has been started from yet: the next start begins
+    /// there, so no block is skipped or processed twice at the hand-over.
+    upgrade_pending: bool,
     /// Last block seen, for log lines.
     latest: BlockRef,
 }
@@ -196,6 +238,8 @@ pub struct Gate {
     now: Duration,
     /// Number of the latest block acted on: finality only moves forward.
     last_block: Option<u64>,
+    /// How the last child that exited on its own went (uptime, status), for the crash line.
+    last_exit: Option<(Duration, String)>,
 }
 
 impl Gate {
@@ -228,6 +272,7 @@ impl Gate {
             handing_off: false,
             now: Duration::ZERO,
             last_block: None,
+            last_exit: None,
         }
     }
 
@@ -235,7 +280,11 @@ impl Gate {
     pub fn alive(&self) -> Option<EngineId> {
         match self.job {
             Job::Running(engine) | Job::Stopping(engine) => Some(engine),
-            Job::Idle | Job::RestartPending(_) => None,
+            Job::Idle
+            | Job::RestartPending(_)
+            | Job::ExitCheck(_)
+            | Job::RestartCheck(_)
+            | Job::Retired(_) => None,
         }
     }
 
@@ -274,6 +323,9 @@ impl Gate {
                 status,
             } => self.on_child_exited(engine, uptime, status, &mut actions),
             Event::RestartDue { engine } => self.on_restart_due(engine, &mut actions),
+            Event::HeadRelease { engine, answer } => {
+                self.on_head_release(engine, answer, &mut actions)
+            }
             Event::LockGranted => self.on_lock_granted(&mut actions),
             Event::LockLost { reason } => self.on_lock_lost(reason, &mut actions),
             Event::HandOff => self.on_hand_off(&mut actions),
@@ -299,14 +351,18 @@ impl Gate {
             .position(|&engine| self.rule.compare(engine, version) == Compatibility::Compatible);
         let target_changed = self.known.is_none_or(|known| known.target != target);
         let release_changed = self.known.is_none_or(|known| known.version != version);
-        let since = match self.known {
-            Some(known) if !target_changed => known.since,
-            _ => block,
+        let (since, upgrade_pending) = match self.known {
+            Some(known) if !target_changed => (known.since, known.upgrade_pending),
+            // A change of target after a known release is an upgrade (or a move back).
+            Some(_) => (block, true),
+            // The first release this shim learns: a fresh start, from the present.
+            None => (block, false),
         };
         self.known = Some(KnownRelease {
             version,
             target,
             since,
+            upgrade_pending,
             latest: block,
         });
         if self.shutting_down {
@@ -327,8 +383,30 @@ impl Gate {
                 self.job = Job::Idle;
                 self.start_or_wait(release_changed || target_changed, false, actions);
             }
+            Job::RestartCheck(engine) if Some(engine) != target => {
+                let notice = self.incompatible_notice(engine, version, block);
+                actions.push(Action::Notify(notice));
+                self.job = Job::Idle;
+                self.start_or_wait(release_changed || target_changed, false, actions);
+            }
+            Job::ExitCheck(engine) if Some(engine) != target => {
+                // The follower reached the upgrade before the head was read: the answer is in.
+                self.exited_at_upgrade(engine, version, block, actions);
+                self.job = Job::Idle;
+                self.start_or_wait(true, true, actions);
+            }
+            Job::Retired(engine) if Some(engine) != target => {
+                // The upgrade block the retired engine left at: the hand-over completes here.
+                self.job = Job::Idle;
+                self.start_or_wait(true, true, actions);
+            }
             Job::Idle => self.start_or_wait(release_changed || target_changed, false, actions),
-            Job::Running(_) | Job::Stopping(_) | Job::RestartPending(_) => {}
+            Job::Running(_)
+            | Job::Stopping(_)
+            | Job::RestartPending(_)
+            | Job::ExitCheck(_)
+            | Job::RestartCheck(_)
+            | Job::Retired(_) => {}
         }
     }
 
@@ -413,8 +491,11 @@ impl Gate {
         }));
         actions.push(Action::Start {
             engine,
-            block: known.since,
+            block: start_block(&known),
         });
+        if let Some(known) = &mut self.known {
+            known.upgrade_pending = false;
+        }
         self.job = Job::Running(engine);
         self.last_wait_log = None;
     }
@@ -507,20 +588,11 @@ impl Gate {
                 }
             }
             Job::Running(running) if running == engine => {
-                let restart_in = self.backoff[engine].next_delay(uptime);
-                actions.push(Action::Notify(Notice::Crashed {
-                    engine: self.engines[engine],
-                    status,
-                    uptime,
-                    restart_in,
-                }));
-                actions.push(Action::ScheduleRestart {
-                    engine,
-                    after: restart_in,
-                });
-                self.job = Job::RestartPending(engine);
-                // Reaped: the lock goes back until the restart, so an idle shim holds nothing.
-                self.give_back_lock(actions);
+                // Not asked to stop: an upgrade the follower has not reached yet, or a crash.
+                // Only the release at the latest finalized head tells them apart.
+                self.last_exit = Some((uptime, status));
+                self.job = Job::ExitCheck(engine);
+                actions.push(Action::CheckHead { engine });
             }
             // An exit for a child the gate no longer tracks changes nothing.
             _ => {}
@@ -531,11 +603,100 @@ impl Gate {
         if self.job != Job::RestartPending(engine) {
             return;
         }
-        self.job = Job::Idle;
-        match self.known {
-            Some(known) if known.target == Some(engine) => self.start(engine, known, true, actions),
-            _ => {}
+        // Never restart on a release the node has not confirmed: it may have moved on.
+        self.job = Job::RestartCheck(engine);
+        actions.push(Action::CheckHead { engine });
+    }
+
+    /// Decides what an engine's own exit (or a due restart) means, from the release at the head.
+    fn on_head_release(
+        &mut self,
+        engine: EngineId,
+        answer: Result<(BlockRef, SemVer), String>,
+        actions: &mut Vec<Action>,
+    ) {
+        let checking_exit = match self.job {
+            Job::ExitCheck(checking) if checking == engine => true,
+            Job::RestartCheck(checking) if checking == engine => false,
+            // A late answer for a question the follower already settled.
+            _ => return,
+        };
+        let fits = match answer {
+            Ok((block, release)) if !self.is_compatible(engine, release) => {
+                self.exited_at_upgrade(engine, release, block, actions);
+                // Kept after an exit (held for the hand-over), already given back after a crash.
+                self.job = Job::Retired(engine);
+                return;
+            }
+            Ok(_) => Ok(()),
+            Err(error) => Err(error),
+        };
+        match (checking_exit, fits) {
+            (true, fits) => {
+                let (uptime, status) = self.last_exit.clone().unwrap_or_default();
+                let restart_in = self.backoff[engine].next_delay(uptime);
+                actions.push(Action::Notify(Notice::Crashed {
+                    engine: self.engines[engine],
+                    status,
+                    uptime,
+                    restart_in,
+                    unconfirmed: fits.err(),
+                }));
+                actions.push(Action::ScheduleRestart {
+                    engine,
+                    after: restart_in,
+                });
+                self.job = Job::RestartPending(engine);
+                // Reaped: the lock goes back until the restart, so an idle shim holds nothing.
+                self.give_back_lock(actions);
+            }
+            (false, Ok(())) => {
+                self.job = Job::Idle;
+                match self.known {
+                    Some(known) if known.target == Some(engine) => {
+                        self.start(engine, known, true, actions)
+                    }
+                    _ => self.start_or_wait(true, false, actions),
+                }
+            }
+            (false, Err(error)) => {
+                let retry_in = self.backoff[engine].next_delay(Duration::ZERO);
+                actions.push(Action::Notify(Notice::RestartDeferred {
+                    engine: self.engines[engine],
+                    error,
+                    retry_in,
+                }));
+                actions.push(Action::ScheduleRestart {
+                    engine,
+                    after: retry_in,
+                });
+                self.job = Job::RestartPending(engine);
+            }
         }
+    }
+
+    fn is_compatible(&self, engine: EngineId, release: SemVer) -> bool {
+        self.rule.compare(self.engines[engine], release) == Compatibility::Compatible
+    }
+
+    fn exited_at_upgrade(
+        &self,
+        engine: EngineId,
+        release: SemVer,
+        block: BlockRef,
+        actions: &mut Vec<Action>,
+    ) {
+        let status = self
+            .last_exit
+            .as_ref()
+            .map(|(_, status)| status.clone())
+            .unwrap_or_default();
+        actions.push(Action::Notify(Notice::ExitedAtUpgrade {
+            engine: self.engines[engine],
+            release,
+            block,
+            status,
+        }));
     }
 
     fn on_lock_lost(&mut self, reason: String, actions: &mut Vec<Action>) {
@@ -553,7 +714,11 @@ impl Gate {
                 actions.push(Action::Fence { engine });
                 self.job = Job::Stopping(engine);
             }
-            Job::Idle | Job::RestartPending(_) => {}
+            Job::Idle
+            | Job::RestartPending(_)
+            | Job::ExitCheck(_)
+            | Job::RestartCheck(_)
+            | Job::Retired(_) => {}
         }
     }
 
@@ -574,7 +739,11 @@ impl Gate {
                 self.handing_off = true;
             }
             Job::Stopping(_) => self.handing_off = true,
-            Job::Idle | Job::RestartPending(_) => {
+            Job::Idle
+            | Job::RestartPending(_)
+            | Job::ExitCheck(_)
+            | Job::RestartCheck(_)
+            | Job::Retired(_) => {
                 self.job = Job::Idle;
                 self.give_back_lock(actions);
                 actions.push(Action::HandedOff);
@@ -593,12 +762,28 @@ impl Gate {
                 self.job = Job::Stopping(engine);
             }
             Job::Stopping(_) => {}
-            Job::Idle | Job::RestartPending(_) => {
+            Job::Idle
+            | Job::RestartPending(_)
+            | Job::ExitCheck(_)
+            | Job::RestartCheck(_)
+            | Job::Retired(_) => {
                 self.job = Job::Idle;
                 self.give_back_lock(actions);
                 actions.push(Action::Exit);
             }
         }
+    }
+}
+
+/// Where a start begins: at the upgrade block for the first start after an upgrade, so the new
+/// engine processes exactly the blocks the old one did not; otherwise (a fresh start, a restart, a
+/// start delayed by the lock) at the latest finalized block, as Chainflip's runner passes no
+/// start block to an engine it starts afresh.
+fn start_block(known: &KnownRelease) -> BlockRef {
+    if known.upgrade_pending {
+        known.since
+    } else {
+        known.latest
     }
 }
 

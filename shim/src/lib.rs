@@ -15,6 +15,7 @@ pub mod follower;
 pub mod gate;
 pub mod guardian;
 pub mod handoff_pid;
+pub mod head;
 pub mod lock;
 pub mod metrics;
 pub mod preflight;

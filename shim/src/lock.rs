@@ -88,7 +88,7 @@ pub use pg_config::{
     LockMode, Password, PgLockConfig, PgOptions, DEFAULT_LEASE, DEFAULT_LOCK_NAME, DEFAULT_RENEW,
     PASSWORD_ENV, PASSWORD_FILE_ENV,
 };
-pub use spec::{LockSpec, LockSpecError, DEFAULT_CONFIG_ROOT, LOCK_FILE_NAME};
+pub use spec::{LockSpec, LockSpecError, CONFIG_ROOT_ENV, DEFAULT_CONFIG_ROOT, LOCK_FILE_NAME};
 
 /// What became of an acquisition, in the order it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,10 @@
 //! Asks an engine binary for its version (`PROGRAM --version`), for when `--engine-version` is not given.
 //!
+//! The program is run with `--version` alone, without the engine's other arguments: those are
+//! for a running engine (and may name files that only exist at run time), while `--version` is
+//! answered before any of them is read. Every error says so, so an engine that needs more to
+//! print its version is given one with `--engine-version` / `VERSION=` instead.
+//!
 //! The engine's version decides whether it may run, so a probe that cannot give a clear answer is an
 //! error that tells the operator how to fix it, never a guess.
 
@@ -16,21 +21,21 @@ use crate::version::SemVer;
 /// Why `PROGRAM --version` gave no usable version. Each message names the way out.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("cannot execute {}: {source}; check the path and that it is executable, or pass --engine-version X.Y.Z", program.display())]
+    #[error("cannot execute {} (to ask `{} --version`, run without the engine's other arguments): {source}; check the path and that it is executable, or pass --engine-version X.Y.Z", program.display(), program.display())]
     CannotExecute {
         program: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("`{} --version` did not finish within {}; pass --engine-version X.Y.Z", program.display(), humantime::format_duration(*timeout))]
+    #[error("`{} --version` (run without the engine's other arguments) did not finish within {}; pass --engine-version X.Y.Z", program.display(), humantime::format_duration(*timeout))]
     TimedOut { program: PathBuf, timeout: Duration },
-    #[error("`{} --version` failed ({status}){}; pass --engine-version X.Y.Z", program.display(), output_excerpt(output))]
+    #[error("`{} --version` (run without the engine's other arguments) failed ({status}){}; pass --engine-version X.Y.Z", program.display(), output_excerpt(output))]
     ExitStatus {
         program: PathBuf,
         status: ExitStatus,
         output: String,
     },
-    #[error("no X.Y.Z version in the output of `{} --version`{}; pass --engine-version X.Y.Z", program.display(), output_excerpt(output))]
+    #[error("no X.Y.Z version in the output of `{} --version` (run without the engine's other arguments){}; pass --engine-version X.Y.Z", program.display(), output_excerpt(output))]
     NoVersion { program: PathBuf, output: String },
 }
 
@@ -170,6 +175,10 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("unknown flag 1.2.3"), "{message}");
         assert!(message.contains("pass --engine-version"), "{message}");
+        assert!(
+            message.contains("run without the engine's other arguments"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

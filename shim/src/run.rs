@@ -4,7 +4,7 @@
 //! signals, and carries out the gate's actions on real processes. All decisions stay in the gate.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,9 @@ use crate::version::SemVer;
 
 /// How long `CMD --version` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long reading the release at the finalized head may take after an engine's own exit.
+const HEAD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A start-up problem in what the operator asked for (exit code 2), as opposed to a failure.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +129,12 @@ fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
             .iter()
             .flat_map(|e| e.command.iter().skip(1).cloned())
             .collect();
-        return Ok(LockSpec::default_for(config.lock_dir.as_deref(), &args));
+        let env_root = std::env::var_os(crate::lock::CONFIG_ROOT_ENV).map(PathBuf::from);
+        return Ok(LockSpec::default_for(
+            config.lock_dir.as_deref(),
+            &args,
+            env_root.as_deref(),
+        ));
     };
     // A URL is not repeated past its scheme: a mistaken one may carry a password.
     let shown = LockSpec::shown_safely(text);
@@ -198,6 +206,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         info!("serving /metrics and /health on http://{bound}");
     }
     let outside = Outside {
+        head: HeadCheck {
+            url: config.node.clone(),
+            key: config.storage_key.clone(),
+        },
         lock: Lock::new(lock),
         control_rx,
         metrics,
@@ -207,8 +219,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .await
 }
 
-/// What the shell is connected to beyond its own channels: the lock, hand-off requests, metrics.
+/// Where to read the release at the finalized head when the gate asks ([`Action::CheckHead`]).
+#[derive(Clone)]
+struct HeadCheck {
+    url: String,
+    key: Vec<u8>,
+}
+
+/// What the shell is connected to beyond its own channels: the node for one-off questions, the
+/// lock, hand-off requests, metrics.
 struct Outside {
+    head: HeadCheck,
     lock: Lock,
     control_rx: mpsc::Receiver<HandOffRequest>,
     metrics: Arc<Metrics>,
@@ -241,6 +262,10 @@ struct Shell {
     hand_off_waiters: Vec<oneshot::Sender<String>>,
     metrics: Arc<Metrics>,
     shutting_down: bool,
+    /// Where to read the release at the finalized head; answers come back on `heads_rx`.
+    head: HeadCheck,
+    heads_tx: mpsc::UnboundedSender<Event>,
+    heads_rx: mpsc::UnboundedReceiver<Event>,
 }
 
 impl Shell {
@@ -255,7 +280,9 @@ impl Shell {
         let (restarts_tx, restarts_rx) = mpsc::unbounded_channel();
         let (lock_tx, lock_rx) = mpsc::unbounded_channel();
         let (standby_tx, standby_rx) = mpsc::unbounded_channel();
+        let (heads_tx, heads_rx) = mpsc::unbounded_channel();
         let Outside {
+            head,
             lock,
             control_rx,
             metrics,
@@ -282,6 +309,9 @@ impl Shell {
             hand_off_waiters: Vec::new(),
             metrics,
             shutting_down: false,
+            head,
+            heads_tx,
+            heads_rx,
         }
     }
 
@@ -311,6 +341,7 @@ impl Shell {
                 },
                 Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
                 Some(engine) = self.restarts_rx.recv() => Event::RestartDue { engine },
+                Some(answer) = self.heads_rx.recv() => answer,
                 _ = sigterm.recv() => self.on_signal("SIGTERM"),
                 _ = sigint.recv() => self.on_signal("SIGINT"),
                 _ = sigusr1.recv() => {
@@ -473,6 +504,7 @@ impl Shell {
                             let _ = restarts.send(engine);
                         });
                     }
+                    Action::CheckHead { engine } => self.check_head(engine),
                     Action::AcquireLock => self.acquire_lock(),
                     Action::CancelLock => self.lock.cancel(),
                     Action::ReleaseLock => {
@@ -486,6 +518,24 @@ impl Shell {
             }
         }
         false
+    }
+
+    /// Reads the release at the finalized head in a task of its own; the answer comes back as
+    /// [`Event::HeadRelease`] (an error after [`HEAD_CHECK_TIMEOUT`] at the latest).
+    fn check_head(&self, engine: EngineId) {
+        let head = self.head.clone();
+        let answers = self.heads_tx.clone();
+        info!(
+            engine_version = %self.engines[engine].version,
+            "engine {}: reading the release at the finalized head of {} to decide whether it may run again",
+            self.engines[engine].version, head.url
+        );
+        tokio::spawn(async move {
+            let answer =
+                crate::head::release_at_finalized_head(&head.url, &head.key, HEAD_CHECK_TIMEOUT)
+                    .await;
+            let _ = answers.send(Event::HeadRelease { engine, answer });
+        });
     }
 
     /// Spawns the engine; a failure to spawn comes back as an exit, so it is retried with back-off.

@@ -158,10 +158,41 @@ pub fn notice(notice: &Notice) {
             status,
             uptime,
             restart_in,
+            unconfirmed: None,
         } => error!(
             engine_version = %engine, status = %status, restart_in_ms = restart_in.as_millis() as u64,
             "engine {engine} exited unexpectedly ({status}) after {}; restarting in {}",
             secs(*uptime), secs(*restart_in)
+        ),
+        Notice::Crashed {
+            engine,
+            status,
+            uptime,
+            restart_in,
+            unconfirmed: Some(why),
+        } => error!(
+            engine_version = %engine, status = %status, restart_in_ms = restart_in.as_millis() as u64, error = %why,
+            "engine {engine} exited unexpectedly ({status}) after {}, and the release at the finalized head cannot be read ({why}); restarting in {} once the node confirms the release still fits",
+            secs(*uptime), secs(*restart_in)
+        ),
+        Notice::ExitedAtUpgrade {
+            engine,
+            release,
+            block,
+            status,
+        } => info!(
+            engine_version = %engine, release = %release, block_number = block.number, block_hash = %block.hash, status = %status,
+            "engine {engine} exited at the upgrade to {release} ({status}; release {release} at finalized block #{} ({})); not restarting it, the next engine starts at the upgrade block",
+            block.number, block.hash
+        ),
+        Notice::RestartDeferred {
+            engine,
+            error,
+            retry_in,
+        } => warn!(
+            engine_version = %engine, error = %error, retry_in_ms = retry_in.as_millis() as u64,
+            "not restarting engine {engine} yet: the release at the finalized head cannot be read ({error}); asking again in {}",
+            secs(*retry_in)
         ),
         Notice::Fenced { engine, reason } => error!(
             engine_version = %engine, reason = %reason,

@@ -232,29 +232,219 @@ fn unknown_release_keeps_the_state() {
     }
 }
 
+fn head(engine: EngineId, number: u64, release: &str) -> Event {
+    Event::HeadRelease {
+        engine,
+        answer: Ok((block(number), v(release))),
+    }
+}
+
+fn head_unreadable(engine: EngineId) -> Event {
+    Event::HeadRelease {
+        engine,
+        answer: Err("node at ws://127.0.0.1:9944 is unreachable".into()),
+    }
+}
+
 #[test]
 fn crash_restarts_with_back_off() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
+    // An exit nobody asked for: first the release at the head, then the verdict.
     assert_eq!(
         commands(step(&mut g, exited(0, 0))),
+        [Action::CheckHead { engine: 0 }]
+    );
+    assert_eq!(
+        commands(step(&mut g, head(0, 1, "1.0.0"))),
         [Action::ScheduleRestart {
             engine: 0,
             after: Duration::from_secs(1)
         }]
     );
+    // And once more before the restart itself: the chain may have moved on meanwhile.
     assert_eq!(
         commands(step(&mut g, Event::RestartDue { engine: 0 })),
+        [Action::CheckHead { engine: 0 }]
+    );
+    assert_eq!(
+        commands(step(&mut g, head(0, 1, "1.0.0"))),
         [Action::Start {
             engine: 0,
             block: block(1)
         }]
     );
+    step(&mut g, exited(0, 0));
     assert_eq!(
-        commands(step(&mut g, exited(0, 0))),
+        commands(step(&mut g, head(0, 1, "1.0.0"))),
         [Action::ScheduleRestart {
             engine: 0,
             after: Duration::from_secs(2)
+        }]
+    );
+}
+
+#[test]
+fn an_engine_that_exits_before_the_follower_reaches_the_upgrade_hands_over() {
+    let mut g = gate(&["1.0.0", "1.1.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    step(&mut g, at(2, "1.0.0"));
+    // The engine saw block 3 (release 1.1.0) first and left; the shim is still at block 2.
+    assert_eq!(
+        commands(step(&mut g, exited(0, 30))),
+        [Action::CheckHead { engine: 0 }]
+    );
+    let actions = step(&mut g, head(0, 3, "1.1.0"));
+    assert_eq!(
+        notices(&actions),
+        [&Notice::ExitedAtUpgrade {
+            engine: v("1.0.0"),
+            release: v("1.1.0"),
+            block: block(3),
+            status: "exit status: 0".into(),
+        }]
+    );
+    // Not a crash: no restart, the lock is kept for the hand-over.
+    assert_eq!(commands_and_lock(actions), []);
+    assert_eq!(g.alive(), None);
+    // No restart either while the follower is still before the upgrade block.
+    assert_eq!(commands_and_lock(g.step(at(2, "1.0.0"))), []);
+    assert_eq!(
+        commands_and_lock(g.step(at(3, "1.1.0"))),
+        [Action::Start {
+            engine: 1,
+            block: block(3)
+        }]
+    );
+}
+
+#[test]
+fn an_engine_exit_the_follower_explains_first_is_a_hand_over_too() {
+    let mut g = gate(&["1.0.0", "1.1.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    step(&mut g, exited(0, 30));
+    // Block 2 carries the new release before the head is read: the hand-over happens there.
+    let actions = step(&mut g, at(2, "1.1.0"));
+    assert!(notices(&actions)
+        .iter()
+        .any(|n| matches!(n, Notice::ExitedAtUpgrade { block: b, .. } if *b == block(2))));
+    assert_eq!(
+        commands(actions),
+        [Action::Start {
+            engine: 1,
+            block: block(2)
+        }]
+    );
+    // The answer that arrives late changes nothing.
+    assert_eq!(commands_and_lock(g.step(head(0, 2, "1.1.0"))), []);
+    assert_eq!(g.alive(), Some(1));
+}
+
+#[test]
+fn an_engine_exit_while_the_release_still_fits_is_a_crash() {
+    let mut g = gate(&["1.0.0", "1.1.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    step(&mut g, exited(0, 0));
+    // A patch upgrade keeps the engine compatible: still a crash.
+    let actions = step(&mut g, head(0, 5, "1.0.3"));
+    assert!(notices(&actions).iter().any(|n| matches!(
+        n,
+        Notice::Crashed {
+            unconfirmed: None,
+            ..
+        }
+    )));
+    assert!(lock_actions(&actions).contains(&Action::ReleaseLock));
+}
+
+#[test]
+fn an_unreadable_head_is_a_crash_restarted_only_once_the_node_answers() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    step(&mut g, exited(0, 0));
+    let actions = step(&mut g, head_unreadable(0));
+    assert!(notices(&actions).iter().any(|n| matches!(
+        n,
+        Notice::Crashed {
+            unconfirmed: Some(_),
+            ..
+        }
+    )));
+    assert_eq!(
+        commands(actions),
+        [Action::ScheduleRestart {
+            engine: 0,
+            after: Duration::from_secs(1)
+        }]
+    );
+    // Due, but the node still does not answer: deferred with back-off, nothing started.
+    step(&mut g, Event::RestartDue { engine: 0 });
+    let actions = step(&mut g, head_unreadable(0));
+    assert!(notices(&actions)
+        .iter()
+        .any(|n| matches!(n, Notice::RestartDeferred { .. })));
+    assert_eq!(
+        commands(actions),
+        [Action::ScheduleRestart {
+            engine: 0,
+            after: Duration::from_secs(2)
+        }]
+    );
+    assert_eq!(g.alive(), None);
+    // The node answers and the release still fits: restarted.
+    step(&mut g, Event::RestartDue { engine: 0 });
+    assert_eq!(
+        commands(step(&mut g, head(0, 1, "1.0.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(1)
+        }]
+    );
+}
+
+#[test]
+fn a_restart_due_after_the_chain_moved_on_is_a_hand_over() {
+    let mut g = gate(&["1.0.0", "1.1.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    step(&mut g, exited(0, 0));
+    step(&mut g, head_unreadable(0));
+    step(&mut g, Event::RestartDue { engine: 0 });
+    // The node is back, and past the upgrade: the old engine is not restarted.
+    let actions = step(&mut g, head(0, 4, "1.1.0"));
+    assert!(notices(&actions)
+        .iter()
+        .any(|n| matches!(n, Notice::ExitedAtUpgrade { .. })));
+    assert_eq!(commands_and_lock(actions), []);
+    assert_eq!(
+        commands(step(&mut g, at(4, "1.1.0"))),
+        [Action::Start {
+            engine: 1,
+            block: block(4)
+        }]
+    );
+}
+
+#[test]
+fn only_the_first_start_after_an_upgrade_begins_at_the_upgrade_block() {
+    let mut g = gate(&["1.1.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    assert_eq!(
+        commands(step(&mut g, at(2, "1.1.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(2)
+        }]
+    );
+    step(&mut g, at(3, "1.1.0"));
+    step(&mut g, exited(0, 0));
+    step(&mut g, head(0, 3, "1.1.0"));
+    step(&mut g, Event::RestartDue { engine: 0 });
+    // A restart begins from the present, as a fresh start does.
+    assert_eq!(
+        commands(step(&mut g, head(0, 3, "1.1.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(3)
         }]
     );
 }
@@ -344,11 +534,12 @@ fn an_engine_starts_only_once_the_lock_is_granted() {
     );
     assert_eq!(g.alive(), None);
     assert_eq!(commands(g.step(at(2, "1.0.0"))), []);
+    // Not an upgrade: the engine starts from the present, the latest finalized block.
     assert_eq!(
         commands(g.step(Event::LockGranted)),
         [Action::Start {
             engine: 0,
-            block: block(1)
+            block: block(2)
         }]
     );
 }
@@ -393,9 +584,11 @@ fn a_hand_over_in_one_process_keeps_the_lock() {
 fn a_crashed_engine_gives_the_lock_back_until_its_restart() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
-    assert!(lock_actions(&g.step(exited(0, 0))).contains(&Action::ReleaseLock));
+    g.step(exited(0, 0));
+    assert!(lock_actions(&g.step(head(0, 1, "1.0.0"))).contains(&Action::ReleaseLock));
+    g.step(Event::RestartDue { engine: 0 });
     assert_eq!(
-        commands_and_lock(g.step(Event::RestartDue { engine: 0 })),
+        commands_and_lock(g.step(head(0, 1, "1.0.0"))),
         [Action::AcquireLock]
     );
 }
@@ -477,6 +670,8 @@ struct Shim {
     /// as the real lock's deadlines guarantee, nobody else gets the lock before it is dead.
     lost: bool,
     standby_pending: bool,
+    /// The gate asked for the release at the finalized head for this engine; no answer yet.
+    head_check: Option<EngineId>,
 }
 
 /// The shared world: the chain and the lock (FIFO waiters, like flock's wake-up).
@@ -499,6 +694,8 @@ enum Op {
     Lose(usize),
     HandOff(usize),
     StandbyOver(usize),
+    /// The node answers a head check: with the chain's head (true) or with an error (false).
+    HeadAnswers(usize, bool),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -513,6 +710,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0usize..2).prop_map(Op::Lose),
         1 => (0usize..2).prop_map(Op::HandOff),
         2 => (0usize..2).prop_map(Op::StandbyOver),
+        3 => (0usize..2, proptest::bool::weighted(0.8)).prop_map(|(s, ok)| Op::HeadAnswers(s, ok)),
     ]
 }
 
@@ -539,6 +737,7 @@ impl World {
                 shutting_down: false,
                 lost: false,
                 standby_pending: false,
+                head_check: None,
             })
             .collect();
         World {
@@ -608,6 +807,10 @@ impl World {
                 shim.stop_requested = true;
             }
             Action::Standby => shim.standby_pending = true,
+            Action::CheckHead { engine } => {
+                assert_eq!(shim.alive, None, "checked the head with a child alive");
+                shim.head_check = Some(engine);
+            }
             Action::HandedOff => {
                 assert_eq!(shim.alive, None, "handed off with a child alive");
                 assert_ne!(self.holder, Some(s), "handed off holding the lock");
@@ -711,6 +914,20 @@ impl World {
                     self.feed(s, Event::StandbyOver);
                 }
             }
+            Op::HeadAnswers(s, ok) => {
+                let Some(engine) = self.shims.get_mut(s).and_then(|sh| sh.head_check.take()) else {
+                    return;
+                };
+                // The node's finalized head is the end of the chain, wherever this shim's
+                // follower is.
+                let answer = match (ok, self.chain.last()) {
+                    (true, Some(Ok(release))) => Ok((block(self.chain.len() as u64), *release)),
+                    (true, Some(Err(error))) => Err(error.to_string()),
+                    (true, None) => Err("no block yet".to_string()),
+                    (false, _) => Err("node unreachable".to_string()),
+                };
+                self.feed(s, Event::HeadRelease { engine, answer });
+            }
             Op::Shutdown(s) => {
                 if let Some(shim) = self.shims.get_mut(s).filter(|sh| !sh.exited) {
                     shim.shutting_down = true;
@@ -766,6 +983,7 @@ impl World {
                 self.complete_stop(s);
                 self.run(Op::RestartFires(s));
                 self.run(Op::StandbyOver(s));
+                self.run(Op::HeadAnswers(s, true));
             }
             self.run(Op::Grant);
         }
@@ -811,8 +1029,14 @@ proptest! {
             .filter_map(|(i, s)| s.alive.map(|e| (i, e)))
             .collect();
         let shutting_down_holder = world.holder.is_some_and(|h| world.shims[h].shutting_down);
+        // An engine that exited while the release at the head is unknown is not restarted until
+        // the node can confirm it; one that never exited keeps running.
+        let head_unknown = world.chain.last().is_some_and(|r| r.is_err());
         if candidates.is_empty() || shutting_down_holder {
             prop_assert!(running.is_empty(), "ran {running:?} with nothing compatible with {release}");
+        } else if head_unknown {
+            prop_assert!(running.len() <= 1, "ran {:?}", running);
+            prop_assert!(running.iter().all(|r| candidates.contains(r)), "ran {:?} for release {}", running, release);
         } else {
             prop_assert_eq!(running.len(), 1, "settled on {:?} for release {}", running, release);
             prop_assert!(candidates.contains(&running[0]), "settled on {:?} for release {}", running, release);

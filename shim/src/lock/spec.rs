@@ -15,6 +15,12 @@ pub const LOCK_FILE_NAME: &str = "engine-shim.lock";
 /// The engine flag naming its config root (Chainflip's `--config-root DIR`).
 const CONFIG_ROOT_FLAG: &str = "--config-root";
 
+/// Its short form (Chainflip's `-c DIR`).
+const CONFIG_ROOT_SHORT: &str = "-c";
+
+/// The environment variable the engine reads its config root from when no flag names it.
+pub const CONFIG_ROOT_ENV: &str = "CF_CONFIG_ROOT";
+
 /// Which lock keeps engines on one host (or one data directory) from running at the same time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockSpec {
@@ -29,14 +35,25 @@ pub enum LockSpec {
 impl LockSpec {
     /// The lock used when `--lock` is not given: `file:<DIR>/engine-shim.lock`.
     ///
-    /// DIR is `lock_dir` if given; else the engine's own config root (`--config-root DIR` or
-    /// `--config-root=DIR` among its arguments), because two engine packages sharing data belong
-    /// to one config root; else Chainflip's default config root, `/etc/chainflip`. So two shims
-    /// wrapping the two engine packages of a host find the same lock without any flag.
-    pub fn default_for(lock_dir: Option<&Path>, engine_args: &[String]) -> LockSpec {
+    /// DIR is `lock_dir` if given; else the engine's own config root, found as the engine finds
+    /// it, because two engine packages sharing data belong to one config root: its arguments
+    /// first (`--config-root DIR`, `--config-root=DIR`, `-c DIR`, `-cDIR`, `-c=DIR`, the forms
+    /// clap accepts), then `env_config_root` (the shim's `CF_CONFIG_ROOT`, which the engine
+    /// inherits; empty counts as unset, as for clap), then Chainflip's default, `/etc/chainflip`.
+    /// So two shims wrapping the two engine packages of a host find the same lock without any flag.
+    pub fn default_for(
+        lock_dir: Option<&Path>,
+        engine_args: &[String],
+        env_config_root: Option<&Path>,
+    ) -> LockSpec {
         let dir = lock_dir
             .map(Path::to_path_buf)
             .or_else(|| config_root(engine_args))
+            .or_else(|| {
+                env_config_root
+                    .filter(|dir| !dir.as_os_str().is_empty())
+                    .map(Path::to_path_buf)
+            })
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_ROOT));
         LockSpec::File(dir.join(LOCK_FILE_NAME))
     }
@@ -83,11 +100,15 @@ impl LockSpec {
 fn config_root(args: &[String]) -> Option<PathBuf> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
-        let value = if arg == CONFIG_ROOT_FLAG {
+        let value = if arg == CONFIG_ROOT_FLAG || arg == CONFIG_ROOT_SHORT {
             args.next().map(String::as_str)
+        } else if let Some(rest) = arg.strip_prefix(CONFIG_ROOT_FLAG) {
+            rest.strip_prefix('=')
         } else {
-            arg.strip_prefix(CONFIG_ROOT_FLAG)
-                .and_then(|rest| rest.strip_prefix('='))
+            // `-cDIR` and `-c=DIR`; `--c…` is another long flag, not this one.
+            arg.strip_prefix(CONFIG_ROOT_SHORT)
+                .filter(|_| !arg.starts_with("--"))
+                .map(|rest| rest.strip_prefix('=').unwrap_or(rest))
         };
         match value {
             Some(dir) if !dir.is_empty() => return Some(PathBuf::from(dir)),
@@ -269,30 +290,60 @@ mod tests {
     #[test]
     fn default_is_in_chainflips_config_root() {
         assert_eq!(
-            LockSpec::default_for(None, &args(&["--p2p.port", "8078"])),
+            LockSpec::default_for(None, &args(&["--p2p.port", "8078"]), None),
             LockSpec::File("/etc/chainflip/engine-shim.lock".into())
         );
     }
 
     #[test]
-    fn default_follows_the_engines_config_root_in_either_spelling() {
+    fn default_follows_the_engines_config_root_in_every_form_clap_accepts() {
         let expected = LockSpec::File("/srv/cf/engine-shim.lock".into());
-        assert_eq!(
-            LockSpec::default_for(None, &args(&["--config-root", "/srv/cf", "-v"])),
-            expected
-        );
-        assert_eq!(
-            LockSpec::default_for(None, &args(&["-v", "--config-root=/srv/cf"])),
-            expected
-        );
+        for engine_args in [
+            &["--config-root", "/srv/cf", "-v"][..],
+            &["-v", "--config-root=/srv/cf"],
+            &["-c", "/srv/cf"],
+            &["--p2p.port", "8078", "-c/srv/cf"],
+            &["-c=/srv/cf"],
+        ] {
+            assert_eq!(
+                LockSpec::default_for(None, &args(engine_args), None),
+                expected,
+                "{engine_args:?}"
+            );
+        }
         // A flag without its value, or a look-alike flag, is not a config root.
+        let none = LockSpec::default_for(None, &[], None);
+        for engine_args in [
+            &["--config-root"][..],
+            &["-c"],
+            &["--config-rooted=/x"],
+            &["--cache", "/x"],
+            &["--config-root="],
+        ] {
+            assert_eq!(
+                LockSpec::default_for(None, &args(engine_args), None),
+                none,
+                "{engine_args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cf_config_root_counts_when_no_engine_arg_names_a_root() {
+        let env = Some(Path::new("/from/env"));
         assert_eq!(
-            LockSpec::default_for(None, &args(&["--config-root"])),
-            LockSpec::default_for(None, &[])
+            LockSpec::default_for(None, &args(&["--p2p.port", "8078"]), env),
+            LockSpec::File("/from/env/engine-shim.lock".into())
         );
+        // The engine's own flag wins over the environment, as in the engine.
         assert_eq!(
-            LockSpec::default_for(None, &args(&["--config-rooted=/x"])),
-            LockSpec::default_for(None, &[])
+            LockSpec::default_for(None, &args(&["-c", "/srv/cf"]), env),
+            LockSpec::File("/srv/cf/engine-shim.lock".into())
+        );
+        // Set but empty is unset.
+        assert_eq!(
+            LockSpec::default_for(None, &[], Some(Path::new(""))),
+            LockSpec::File("/etc/chainflip/engine-shim.lock".into())
         );
     }
 
@@ -301,7 +352,8 @@ mod tests {
         assert_eq!(
             LockSpec::default_for(
                 Some(Path::new("/run/engine-shim")),
-                &args(&["--config-root", "/srv/cf"])
+                &args(&["--config-root", "/srv/cf"]),
+                Some(Path::new("/from/env"))
             ),
             LockSpec::File("/run/engine-shim/engine-shim.lock".into())
         );
