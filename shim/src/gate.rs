@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::backoff::RestartBackoff;
 use crate::block::BlockRef;
+use crate::covers::Covers;
 use crate::version::{Compatibility, ReleaseError, Rule, SemVer};
 
 /// Index of an engine in the list the gate was built with.
@@ -84,30 +85,34 @@ pub enum Action {
 pub enum Notice {
     /// An engine is about to start because the release at `block` is compatible with it.
     Starting {
-        engine: SemVer,
+        engine: Covers,
         release: SemVer,
         block: BlockRef,
         restart: bool,
     },
-    /// The engine is newer than the release and waits (Chainflip's WAITING line).
+    /// The engine is newer than the release and waits (Chainflip's WAITING line). `engine` is the
+    /// version the line is about: the oldest the engine covers, the next to become compatible.
     Waiting {
         engine: SemVer,
         release: SemVer,
         block: BlockRef,
     },
-    /// The running engine is older than the release and is being stopped.
+    /// The running engine is older than the release and is being stopped. `engine` is the newest
+    /// version it covers: everything it covers is older than the release.
     NoLongerCompatible {
         engine: SemVer,
         release: SemVer,
         block: BlockRef,
     },
-    /// The release moved backwards below the running engine, which is being stopped.
+    /// The release moved backwards below the running engine, which is being stopped. `engine` is
+    /// the oldest version it covers.
     ReleaseMovedBack {
         engine: SemVer,
         release: SemVer,
         block: BlockRef,
     },
-    /// No installed engine fits the release; the operator must install one.
+    /// No installed engine fits the release; the operator must install one. `installed` lists
+    /// every version covered by any engine.
     NoCompatibleEngine {
         release: SemVer,
         block: BlockRef,
@@ -117,21 +122,21 @@ pub enum Notice {
     ReleaseUnknown {
         block: BlockRef,
         error: ReleaseError,
-        running: Option<SemVer>,
+        running: Option<Covers>,
     },
     /// An engine exited while it should run; it is restarted after `restart_in`.
     Crashed {
-        engine: SemVer,
+        engine: Covers,
         status: String,
         uptime: Duration,
         restart_in: Duration,
     },
     /// An engine that was asked to stop has exited.
-    Stopped { engine: SemVer, status: String },
+    Stopped { engine: Covers, status: String },
     /// The lock was lost while an engine ran: it is being stopped at once.
-    Fenced { engine: SemVer, reason: String },
+    Fenced { engine: Covers, reason: String },
     /// A hand-off was asked for; `engine` is the one being stopped, if any.
-    HandingOff { engine: Option<SemVer> },
+    HandingOff { engine: Option<Covers> },
     /// The stand-by after a hand-off ended; this instance competes for the lock again.
     StandbyOver,
 }
@@ -175,7 +180,7 @@ struct KnownRelease {
 /// Decides run / idle for a set of engines from finalized releases and child exits.
 #[derive(Debug, Clone)]
 pub struct Gate {
-    engines: Vec<SemVer>,
+    engines: Vec<Covers>,
     rule: Rule,
     wait_log_every: Duration,
     start_secs: Duration,
@@ -202,7 +207,7 @@ impl Gate {
     /// Builds a gate for `engines` (at least one). `wait_log_every` bounds how often a waiting line
     /// repeats; `start_secs` is how long a child must stay up for its crash back-off to reset.
     pub fn new(
-        engines: Vec<SemVer>,
+        engines: Vec<Covers>,
         rule: Rule,
         wait_log_every: Duration,
         start_secs: Duration,
@@ -293,10 +298,11 @@ impl Gate {
 
     fn on_release(&mut self, block: BlockRef, version: SemVer, actions: &mut Vec<Action>) {
         self.last_release_error = None;
-        let target = self
-            .engines
-            .iter()
-            .position(|&engine| self.rule.compare(engine, version) == Compatibility::Compatible);
+        let keep = match self.job {
+            Job::Running(engine) | Job::RestartPending(engine) => Some(engine),
+            Job::Idle | Job::Stopping(_) => None,
+        };
+        let target = pick_engine(&self.engines, self.rule, version, keep);
         let target_changed = self.known.is_none_or(|known| known.target != target);
         let release_changed = self.known.is_none_or(|known| known.version != version);
         let since = match self.known {
@@ -333,15 +339,15 @@ impl Gate {
     }
 
     fn incompatible_notice(&self, engine: EngineId, release: SemVer, block: BlockRef) -> Notice {
-        let version = self.engines[engine];
-        match self.rule.compare(version, release) {
+        let covers = &self.engines[engine];
+        match covers.compare(self.rule, release) {
             Compatibility::NotYetCompatible => Notice::ReleaseMovedBack {
-                engine: version,
+                engine: covers.oldest(),
                 release,
                 block,
             },
             _ => Notice::NoLongerCompatible {
-                engine: version,
+                engine: covers.newest(),
                 release,
                 block,
             },
@@ -361,18 +367,18 @@ impl Gate {
         if !self.calm_line_due(changed) {
             return;
         }
-        for &engine in &self.engines {
+        for covers in &self.engines {
             let (release, block) = (known.version, known.latest);
-            match self.rule.compare(engine, release) {
+            match covers.compare(self.rule, release) {
                 Compatibility::NotYetCompatible => actions.push(Action::Notify(Notice::Waiting {
-                    engine,
+                    engine: covers.oldest(),
                     release,
                     block,
                 })),
                 // Said once per change: repeating it adds nothing the no-engine line does not say.
                 Compatibility::NoLongerCompatible if changed && !after_stop => {
                     actions.push(Action::Notify(Notice::NoLongerCompatible {
-                        engine,
+                        engine: covers.newest(),
                         release,
                         block,
                     }))
@@ -380,10 +386,17 @@ impl Gate {
                 _ => {}
             }
         }
+        let mut installed: Vec<SemVer> = self
+            .engines
+            .iter()
+            .flat_map(|covers| covers.versions().iter().copied())
+            .collect();
+        installed.sort();
+        installed.dedup();
         actions.push(Action::Notify(Notice::NoCompatibleEngine {
             release: known.version,
             block: known.latest,
-            installed: self.engines.clone(),
+            installed,
         }));
     }
 
@@ -406,7 +419,7 @@ impl Gate {
             }
         }
         actions.push(Action::Notify(Notice::Starting {
-            engine: self.engines[engine],
+            engine: self.engines[engine].clone(),
             release: known.version,
             block: known.since,
             restart,
@@ -471,7 +484,7 @@ impl Gate {
             actions.push(Action::Notify(Notice::ReleaseUnknown {
                 block,
                 error,
-                running: self.alive().map(|engine| self.engines[engine]),
+                running: self.alive().map(|engine| self.engines[engine].clone()),
             }));
         }
     }
@@ -486,7 +499,7 @@ impl Gate {
         match self.job {
             Job::Stopping(stopping) if stopping == engine => {
                 actions.push(Action::Notify(Notice::Stopped {
-                    engine: self.engines[engine],
+                    engine: self.engines[engine].clone(),
                     status,
                 }));
                 self.job = Job::Idle;
@@ -509,7 +522,7 @@ impl Gate {
             Job::Running(running) if running == engine => {
                 let restart_in = self.backoff[engine].next_delay(uptime);
                 actions.push(Action::Notify(Notice::Crashed {
-                    engine: self.engines[engine],
+                    engine: self.engines[engine].clone(),
                     status,
                     uptime,
                     restart_in,
@@ -547,7 +560,7 @@ impl Gate {
         match self.job {
             Job::Running(engine) | Job::Stopping(engine) => {
                 actions.push(Action::Notify(Notice::Fenced {
-                    engine: self.engines[engine],
+                    engine: self.engines[engine].clone(),
                     reason,
                 }));
                 actions.push(Action::Fence { engine });
@@ -563,7 +576,7 @@ impl Gate {
             return;
         }
         actions.push(Action::Notify(Notice::HandingOff {
-            engine: self.alive().map(|engine| self.engines[engine]),
+            engine: self.alive().map(|engine| self.engines[engine].clone()),
         }));
         self.standby = true;
         actions.push(Action::Standby);
@@ -600,6 +613,33 @@ impl Gate {
             }
         }
     }
+}
+
+/// Which engine should run at `release`: the rule operators read in the README.
+///
+/// - An engine is compatible when any version it covers is.
+/// - `keep` (the engine running now, or about to restart) stays while it is compatible: there is
+///   no hand-over between two compatible engines, since a hand-over is a stop and a start for
+///   nothing.
+/// - Otherwise, of the compatible engines, the one whose newest version is highest starts (the
+///   first given on a tie). Engines of one version each never tie: the config refuses two that
+///   share a release.
+pub fn pick_engine(
+    engines: &[Covers],
+    rule: Rule,
+    release: SemVer,
+    keep: Option<EngineId>,
+) -> Option<EngineId> {
+    let compatible =
+        |id: &EngineId| engines[*id].compare(rule, release) == Compatibility::Compatible;
+    if let Some(keep) = keep.filter(compatible) {
+        return Some(keep);
+    }
+    (0..engines.len())
+        .filter(compatible)
+        // `max_by_key` keeps the last of equals: reversed, the first given wins a tie.
+        .rev()
+        .max_by_key(|&id| engines[id].newest())
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod covers;
+pub mod elf;
 pub mod follower;
 pub mod gate;
 pub mod guardian;

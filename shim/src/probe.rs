@@ -1,4 +1,5 @@
-//! Asks an engine binary for its version (`PROGRAM --version`), for when `--engine-version` is not given.
+//! Learns what an engine program covers when its versions are not declared: `PROGRAM --version`,
+//! plus the engine libraries the program links (see [`crate::elf`]).
 //!
 //! The engine's version decides whether it may run, so a probe that cannot give a clear answer is an
 //! error that tells the operator how to fix it, never a guess.
@@ -11,6 +12,8 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal};
 use tokio::process::Command;
 
+use crate::covers::Covers;
+use crate::elf::{self, ElfError};
 use crate::version::SemVer;
 
 /// Why `PROGRAM --version` gave no usable version. Each message names the way out.
@@ -32,6 +35,40 @@ pub enum ProbeError {
     },
     #[error("no X.Y.Z version in the output of `{} --version`{}; pass --engine-version X.Y.Z", program.display(), output_excerpt(output))]
     NoVersion { program: PathBuf, output: String },
+    #[error("cannot read the engine libraries {} links: {source}; give its versions as --engine X.Y.Z,X.Y.Z=CMD or versions = [...] in its [[engine]] table", program.display())]
+    Libraries {
+        program: PathBuf,
+        #[source]
+        source: LibrariesError,
+    },
+}
+
+/// Why a program's linked libraries could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LibrariesError {
+    #[error(transparent)]
+    Read(#[from] io::Error),
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+}
+
+/// Everything `program` covers: the version `program --version` prints, plus the versions of the
+/// engine libraries it links (a runner prints only its newest). A script or any other non-ELF
+/// program links nothing: its `--version` alone counts.
+pub async fn discover(program: &Path, timeout: Duration) -> Result<Covers, ProbeError> {
+    let printed = probe_version(program, timeout).await?;
+    let mut versions = linked_versions(program).map_err(|source| ProbeError::Libraries {
+        program: program.to_path_buf(),
+        source,
+    })?;
+    versions.push(printed);
+    Ok(Covers::new(versions).expect("holds the printed version"))
+}
+
+/// The engine library versions in `program`'s dynamic section.
+pub fn linked_versions(program: &Path) -> Result<Vec<SemVer>, LibrariesError> {
+    let image = std::fs::read(program)?;
+    Ok(elf::engine_library_versions(&image)?)
 }
 
 /// Runs `program --version` once and takes the first `X.Y.Z` in its stdout, then its stderr.

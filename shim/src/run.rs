@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::block::BlockRef;
 use crate::config::{validate_engines, RunConfig};
 use crate::control::{self, HandOffRequest};
+use crate::covers::Covers;
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate};
 use crate::lock::{
@@ -23,10 +24,9 @@ use crate::lock::{
     PASSWORD_FILE_ENV,
 };
 use crate::metrics::{self, Metrics};
-use crate::probe::probe_version;
+use crate::probe::discover;
 use crate::supervisor::{spawn_child, ChildExit, ChildHandle, LaunchSpec};
 use crate::telemetry;
-use crate::version::SemVer;
 
 /// How long `CMD --version` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,10 +36,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// One engine the shim may run: its version and how to launch it.
+/// One engine the shim may run: the versions it covers and how to launch it.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    pub version: SemVer,
+    pub covers: Covers,
     pub command: Vec<String>,
 }
 
@@ -54,7 +54,7 @@ impl Engine {
                 .replace("{lock_epoch}", &epoch)
         };
         LaunchSpec {
-            label: self.version.to_string(),
+            label: self.covers.newest().to_string(),
             program: self.command[0].clone().into(),
             args: self.command[1..].iter().map(|a| substitute(a)).collect(),
             env: vec![
@@ -65,7 +65,7 @@ impl Engine {
                 ),
                 (
                     "ENGINE_SHIM_ENGINE_VERSION".into(),
-                    self.version.to_string(),
+                    self.covers.newest().to_string(),
                 ),
                 ("ENGINE_SHIM_LOCK_EPOCH".into(), epoch.clone()),
             ],
@@ -96,24 +96,30 @@ fn preflight(config: &RunConfig, lock: &LockSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Learns every engine's version (given, or `PROGRAM --version`) and refuses sets the rule cannot
-/// tell apart.
+/// Learns what every engine covers (declared, or discovered from the program) and refuses sets
+/// the rule cannot tell apart.
 async fn resolve_engines(config: &RunConfig) -> anyhow::Result<Vec<Engine>> {
     let mut engines = Vec::with_capacity(config.engines.len());
     for engine in &config.engines {
-        let version = match engine.version {
-            Some(version) => version,
-            None => probe_version(Path::new(&engine.command[0]), PROBE_TIMEOUT)
-                .await
-                .with_context(|| format!("cannot learn the version of {}", engine.command[0]))?,
+        let program = &engine.command[0];
+        let covers = match Covers::new(engine.versions.clone()) {
+            Some(covers) => covers,
+            None => {
+                let covers = discover(Path::new(program), PROBE_TIMEOUT)
+                    .await
+                    .with_context(|| format!("cannot learn the versions of {program}"))?;
+                info!(program = %program, engine_versions = %covers.list(),
+                    "engine {program} covers {}", covers.list());
+                covers
+            }
         };
         engines.push(Engine {
-            version,
+            covers,
             command: engine.command.clone(),
         });
     }
-    let versions: Vec<SemVer> = engines.iter().map(|e| e.version).collect();
-    validate_engines(&versions, config.rule).map_err(UsageError)?;
+    let covers: Vec<Covers> = engines.iter().map(|e| e.covers.clone()).collect();
+    validate_engines(&covers, config.rule).map_err(UsageError)?;
     Ok(engines)
 }
 
@@ -154,7 +160,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let engines = resolve_engines(&config).await?;
     let listed = engines
         .iter()
-        .map(|e| format!("{} ({})", e.version, e.command[0]))
+        .map(|e| format!("{} ({})", e.covers, e.command[0]))
         .collect::<Vec<_>>()
         .join(", ");
     info!(
@@ -174,7 +180,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         behind_log_every: config.wait_log_every,
     };
     let gate = Gate::new(
-        engines.iter().map(|e| e.version).collect(),
+        engines.iter().map(|e| e.covers.clone()).collect(),
         config.rule,
         config.wait_log_every,
         config.start_secs,
@@ -345,9 +351,9 @@ impl Shell {
         self.metrics.engine_exited();
         if exit.killed_after_grace {
             warn!(
-                engine_version = %self.engines[exit.id].version, pid = exit.pid,
+                engine_version = %self.engines[exit.id].covers.newest(), pid = exit.pid,
                 "engine {} did not stop within {:?} of SIGTERM and was killed",
-                self.engines[exit.id].version, self.grace
+                self.engines[exit.id].covers, self.grace
             );
         }
         Event::ChildExited {
@@ -412,7 +418,7 @@ impl Shell {
 
     /// Asks for the lock, naming the engine it is for so waiters can say who holds it.
     fn acquire_lock(&mut self) {
-        let version = self.gate.target().map(|e| self.engines[e].version);
+        let version = self.gate.target().map(|e| self.engines[e].covers.newest());
         let me = HolderInfo::me(&version.map(|v| v.to_string()).unwrap_or_default());
         self.lock.acquire(me, self.lock_tx.clone());
     }
@@ -501,7 +507,8 @@ impl Shell {
                     "engine {} started (pid {})", spec.label, child.pid()
                 );
                 self.children.insert(engine, child);
-                self.metrics.engine_started(self.engines[engine].version);
+                self.metrics
+                    .engine_started(self.engines[engine].covers.newest());
                 Ok(())
             }
             Err(e) => Err(Event::ChildExited {

@@ -42,7 +42,7 @@ fn v(text: &str) -> SemVer {
 
 fn engine(version: Option<&str>, command: &[&str]) -> EngineCommand {
     EngineCommand {
-        version: version.map(v),
+        versions: version.into_iter().map(v).collect(),
         command: command.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -523,7 +523,7 @@ fn resolve_reads_the_file_given() {
 
 #[test]
 fn duplicate_and_overlapping_versions() {
-    let vs = |list: &[&str]| list.iter().map(|s| v(s)).collect::<Vec<_>>();
+    let vs = |list: &[&str]| list.iter().map(|s| Covers::one(v(s))).collect::<Vec<_>>();
     assert_eq!(validate_engines(&[], Rule::MajorMinor), Ok(()));
     assert_eq!(
         validate_engines(&vs(&["1.0.0", "1.1.0", "2.1.0"]), Rule::MajorMinor),
@@ -553,6 +553,107 @@ fn duplicate_and_overlapping_versions() {
         validate_engines(&vs(&["1.9.0", "2.0.0"]), Rule::Major),
         Ok(())
     );
+}
+
+#[test]
+fn engines_covering_several_versions_may_share_a_release() {
+    let covers = |list: &[&str]| Covers::new(list.iter().map(|s| v(s)).collect()).unwrap();
+    // The runner of 2.3 and the 2.2 engine of the old layout both serve 2.2: allowed.
+    assert_eq!(
+        validate_engines(
+            &[covers(&["2.2.8", "2.3.0"]), covers(&["2.2.0"])],
+            Rule::MajorMinor
+        ),
+        Ok(())
+    );
+    // Two runners of consecutive packages overlap on 2.3: allowed.
+    assert_eq!(
+        validate_engines(
+            &[covers(&["2.2.8", "2.3.0"]), covers(&["2.3.0", "2.4.0"])],
+            Rule::MajorMinor
+        ),
+        Ok(())
+    );
+    // Single-version engines are judged exactly as before, whatever runners sit beside them.
+    assert_eq!(
+        validate_engines(
+            &[
+                covers(&["2.1.0"]),
+                covers(&["2.2.8", "2.3.0"]),
+                covers(&["2.1.4"])
+            ],
+            Rule::MajorMinor
+        ),
+        Err("engines 2.1.0 and 2.1.4 are both compatible with release 2.1.x: keep one".into())
+    );
+}
+
+#[test]
+fn engine_value_with_several_versions() {
+    assert_eq!(
+        parse_engines("2.2.8,2.3.0=/usr/bin/chainflip-engine -c /etc/cf").unwrap(),
+        EngineList(vec![EngineCommand {
+            versions: vec![v("2.2.8"), v("2.3.0")],
+            command: ["/usr/bin/chainflip-engine", "-c", "/etc/cf"]
+                .map(String::from)
+                .to_vec(),
+        }])
+    );
+    let err = parse_engines("2.2.8,2.3=/usr/bin/engine").unwrap_err();
+    assert!(
+        err.contains("'2.3'") && err.contains("X.Y.Z,X.Y.Z=CMD"),
+        "{err}"
+    );
+    let err = parse_engines("2.3.0,2.3.0=/usr/bin/engine").unwrap_err();
+    assert!(err.contains("2.3.0 is listed twice"), "{err}");
+    let err = parse_engines("2.2.8,=/usr/bin/engine").unwrap_err();
+    assert!(err.contains("''"), "{err}");
+    let err = parse_engines("2.2.8,2.3.0=").unwrap_err();
+    assert!(err.contains("no program"), "{err}");
+}
+
+#[test]
+fn engine_table_with_versions() {
+    let config = resolve(
+        &[],
+        "[[engine]]\nversions = [\"2.2.8\", \"2.3.0\"]\ncommand = [\"/usr/bin/chainflip-engine\"]\n\
+         [[engine]]\nversion = \"2.1.0\"\ncommand = [\"/usr/bin/engine-2.1\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.engines,
+        vec![
+            engine(None, &["/usr/bin/chainflip-engine"]),
+            engine(Some("2.1.0"), &["/usr/bin/engine-2.1"]),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            if i == 0 {
+                e.versions = vec![v("2.2.8"), v("2.3.0")];
+            }
+            e
+        })
+        .collect::<Vec<_>>()
+    );
+    let both = resolve(
+        &[],
+        "[[engine]]\nversion = \"2.3.0\"\nversions = [\"2.2.8\", \"2.3.0\"]\ncommand = [\"/e\"]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        both.contains("not both") && both.contains("/etc/engine-shim.toml"),
+        "{both}"
+    );
+    for (text, expected) in [
+        ("versions = []", "versions is empty"),
+        ("versions = [\"2.3\"]", "'2.3' is not a version"),
+        ("versions = [\"2.3.0\", \"2.3.0\"]", "2.3.0 is listed twice"),
+    ] {
+        let err = file_error(&format!("[[engine]]\n{text}\ncommand = [\"/e\"]\n"));
+        assert!(err.contains(expected), "{text}: {err}");
+    }
 }
 
 #[test]

@@ -11,6 +11,11 @@ fn v(s: &str) -> SemVer {
     s.parse().unwrap()
 }
 
+/// `"1.1.0"` is an engine of one version, `"2.2.8,2.3.0"` a runner covering two.
+fn covers(list: &str) -> Covers {
+    Covers::new(list.split(',').map(v).collect()).unwrap()
+}
+
 fn block(number: u64) -> BlockRef {
     let mut hash = [0u8; 32];
     hash[..8].copy_from_slice(&number.to_be_bytes());
@@ -46,7 +51,7 @@ fn exited(engine: EngineId, uptime_secs: u64) -> Event {
 
 fn gate(engines: &[&str]) -> Gate {
     Gate::new(
-        engines.iter().map(|e| v(e)).collect(),
+        engines.iter().map(|e| covers(e)).collect(),
         Rule::MajorMinor,
         WAIT_EVERY,
         START_SECS,
@@ -456,6 +461,98 @@ fn hand_off_of_an_idle_instance_answers_at_once() {
     );
 }
 
+#[test]
+fn a_runner_starts_on_its_older_version_and_runs_through_the_upgrade() {
+    let mut g = gate(&["2.2.8,2.3.0"]);
+    let start = step(&mut g, at(5, "2.2.0"));
+    assert_eq!(
+        commands(start.clone()),
+        [Action::Start {
+            engine: 0,
+            block: block(5)
+        }]
+    );
+    assert!(
+        matches!(notices(&start)[..], [Notice::Starting { engine, .. }] if *engine == covers("2.2.8,2.3.0"))
+    );
+    // The runner switches inside its own process: nothing for the shim to do at 2.3.
+    assert_eq!(step(&mut g, at(6, "2.3.0")), []);
+    let stop = step(&mut g, at(7, "2.4.0"));
+    assert_eq!(commands(stop.clone()), [Action::Stop { engine: 0 }]);
+    assert_eq!(
+        notices(&stop),
+        [&Notice::NoLongerCompatible {
+            engine: v("2.3.0"),
+            release: v("2.4.0"),
+            block: block(7)
+        }]
+    );
+    let idle = step(&mut g, exited(0, 60));
+    assert!(notices(&idle).contains(&&Notice::NoCompatibleEngine {
+        release: v("2.4.0"),
+        block: block(7),
+        installed: vec![v("2.2.8"), v("2.3.0")],
+    }));
+}
+
+#[test]
+fn a_runner_waits_on_its_oldest_version() {
+    let mut g = gate(&["2.3.0,2.4.0"]);
+    let actions = step(&mut g, at(5, "2.2.0"));
+    assert!(notices(&actions).contains(&&Notice::Waiting {
+        engine: v("2.3.0"),
+        release: v("2.2.0"),
+        block: block(5)
+    }));
+}
+
+#[test]
+fn a_running_compatible_engine_keeps_running_when_another_becomes_compatible() {
+    let mut g = gate(&["2.2.8,2.3.0", "2.3.0,2.4.0"]);
+    assert_eq!(
+        commands(step(&mut g, at(5, "2.2.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(5)
+        }]
+    );
+    // Both cover 2.3: no hand-over between two compatible engines.
+    assert_eq!(step(&mut g, at(6, "2.3.0")), []);
+    assert_eq!(
+        commands(step(&mut g, at(7, "2.4.0"))),
+        [Action::Stop { engine: 0 }]
+    );
+    assert_eq!(
+        commands(step(&mut g, exited(0, 60))),
+        [Action::Start {
+            engine: 1,
+            block: block(7)
+        }]
+    );
+}
+
+#[test]
+fn of_several_compatible_engines_the_highest_newest_version_starts() {
+    let engines = ["2.2.8,2.3.0", "2.3.0,2.4.0", "2.3.1"].map(covers);
+    let rule = Rule::MajorMinor;
+    assert_eq!(pick_engine(&engines, rule, v("2.3.0"), None), Some(1));
+    assert_eq!(pick_engine(&engines, rule, v("2.3.0"), Some(2)), Some(2));
+    assert_eq!(pick_engine(&engines, rule, v("2.2.0"), Some(1)), Some(0));
+    assert_eq!(pick_engine(&engines, rule, v("2.5.0"), Some(1)), None);
+    // A tie goes to the engine given first.
+    let twins = ["2.2.8,2.3.0", "2.3.0"].map(covers);
+    assert_eq!(pick_engine(&twins, rule, v("2.3.0"), None), Some(0));
+    // Idle at 2.3 with both installed: the newer runner starts.
+    let mut g = gate(&["2.2.8,2.3.0", "2.3.0,2.4.0"]);
+    assert_eq!(
+        commands(step(&mut g, at(5, "2.3.0"))),
+        [Action::Start {
+            engine: 1,
+            block: block(5)
+        }]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model check: one or two shims (processes), each with its own gate and engines, sharing one chain
 // and one lock, under random interleavings of blocks, crashes, stop completions, restart timers,
@@ -464,7 +561,7 @@ fn hand_off_of_an_idle_instance_answers_at_once() {
 /// One shim process as the outside world sees it.
 struct Shim {
     gate: Gate,
-    engines: Vec<SemVer>,
+    engines: Vec<Covers>,
     /// Next chain block this shim will see (each shim follows the chain at its own pace).
     cursor: usize,
     last_known: Option<SemVer>,
@@ -516,15 +613,26 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     ]
 }
 
-const VERSIONS: [&str; 4] = ["1.0.0", "1.1.0", "1.2.0", "2.0.0"];
+/// Engines of one version each (never two sharing a release, as the config demands) and runners
+/// covering two consecutive versions, which overlap them and each other.
+const ENGINES: [&str; 7] = [
+    "1.0.0",
+    "1.1.0",
+    "1.2.0",
+    "2.0.0",
+    "1.0.0,1.1.0",
+    "1.1.0,1.2.0",
+    "1.2.0,2.0.0",
+];
 
-fn engines_strategy() -> impl Strategy<Value = Vec<SemVer>> {
-    proptest::sample::subsequence(VERSIONS.to_vec(), 1..=3)
-        .prop_map(|list| list.into_iter().map(v).collect())
+fn engines_strategy() -> impl Strategy<Value = Vec<Covers>> {
+    proptest::sample::subsequence(ENGINES.to_vec(), 1..=3)
+        .prop_shuffle()
+        .prop_map(|list| list.into_iter().map(covers).collect())
 }
 
 impl World {
-    fn new(engine_sets: Vec<Vec<SemVer>>) -> Self {
+    fn new(engine_sets: Vec<Vec<Covers>>) -> Self {
         let shims = engine_sets
             .into_iter()
             .map(|engines| Shim {
@@ -550,8 +658,23 @@ impl World {
     }
 
     fn feed(&mut self, s: usize, event: Event) {
+        let release = match &event {
+            Event::Block {
+                release: Ok(release),
+                ..
+            } => Some(*release),
+            _ => None,
+        };
         let actions = self.shims[s].gate.step(event);
         for action in actions {
+            if let (Action::Stop { engine }, Some(release)) = (&action, release) {
+                // No hand-over between two compatible engines: a block stops only what it must.
+                assert_ne!(
+                    self.shims[s].engines[*engine].compare(Rule::MajorMinor, release),
+                    Compatibility::Compatible,
+                    "a block stopped an engine still compatible with {release}"
+                );
+            }
             self.apply(s, action);
         }
         self.check_invariants();
@@ -572,7 +695,7 @@ impl World {
                 );
                 let release = shim.last_known.expect("started without a known release");
                 assert_eq!(
-                    Rule::MajorMinor.compare(shim.engines[engine], release),
+                    shim.engines[engine].compare(Rule::MajorMinor, release),
                     Compatibility::Compatible,
                     "started an engine incompatible with the last known release"
                 );
@@ -800,7 +923,7 @@ proptest! {
                 s.engines
                     .iter()
                     .enumerate()
-                    .filter(|(_, e)| Rule::MajorMinor.compare(**e, release) == Compatibility::Compatible)
+                    .filter(|(_, e)| e.compare(Rule::MajorMinor, release) == Compatibility::Compatible)
                     .map(move |(e, _)| (i, e))
             })
             .collect();
