@@ -180,6 +180,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_script_covers_only_the_version_it_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = script(dir.path(), "engine", "echo 'chainflip-engine 2.3.0'");
+        probe(&engine, TIMEOUT).await.unwrap();
+        let covers = discover(&engine, TIMEOUT).await.unwrap();
+        assert_eq!(covers, Covers::one(SemVer::new(2, 3, 0)));
+    }
+
+    #[tokio::test]
     async fn reads_stderr_too() {
         let dir = tempfile::tempdir().unwrap();
         let engine = script(dir.path(), "engine", "echo 'engine v1.1.0' >&2");

@@ -665,7 +665,8 @@ fn the_readme_example_is_a_valid_config() {
         .and_then(|rest| rest.split("```").next())
         .expect("README has a ```toml example");
     let config = RunArgs::default().merge(file(example), None).unwrap();
-    assert_eq!(config.engines.len(), 2);
+    assert_eq!(config.engines.len(), 3);
+    assert_eq!(config.engines[1].versions, [v("2.2.8"), v("2.3.0")]);
     assert_eq!(config.grace, secs(30));
 }
 
