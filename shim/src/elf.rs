@@ -6,6 +6,8 @@
 //! executes nothing and needs no library to be resolvable. Only 64-bit little-endian ELF is read:
 //! the platforms the engine ships for.
 
+use std::path::{Path, PathBuf};
+
 use crate::version::SemVer;
 
 /// Why the dynamic section could not be read.
@@ -18,11 +20,13 @@ const PT_DYNAMIC: u32 = 2;
 const DT_NULL: u64 = 0;
 const DT_NEEDED: u64 = 1;
 const DT_STRTAB: u64 = 5;
+const DT_RPATH: u64 = 15;
+const DT_RUNPATH: u64 = 29;
 
 /// The versions of the engine libraries in `image`'s `DT_NEEDED` entries, oldest first.
 /// Anything that is not 64-bit little-endian ELF (a `#!` script, a 32-bit program) links none.
 pub fn engine_library_versions(image: &[u8]) -> Result<Vec<SemVer>, ElfError> {
-    let Some(needed) = needed_libraries(image)? else {
+    let Some(Dynamic { needed, .. }) = dynamic_section(image)? else {
         return Ok(Vec::new());
     };
     let mut versions: Vec<SemVer> = needed
@@ -32,6 +36,33 @@ pub fn engine_library_versions(image: &[u8]) -> Result<Vec<SemVer>, ElfError> {
     versions.sort();
     versions.dedup();
     Ok(versions)
+}
+
+/// Where the engine libraries `image` links are found on disk: each name looked up in the
+/// program's `DT_RUNPATH` / `DT_RPATH` directories (`$ORIGIN` being `program`'s directory), as the
+/// runner finds them. A package upgrade replaces these files too, so they are watched with the
+/// program. Names found in none of those directories are left out.
+pub fn engine_library_paths(program: &Path, image: &[u8]) -> Vec<PathBuf> {
+    let Ok(Some(Dynamic { needed, search })) = dynamic_section(image) else {
+        return Vec::new();
+    };
+    let origin = program.parent().unwrap_or(Path::new("/"));
+    let dirs: Vec<PathBuf> = search
+        .iter()
+        .flat_map(|list| list.split(':'))
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| {
+            let dir = dir
+                .replace("${ORIGIN}", &origin.to_string_lossy())
+                .replace("$ORIGIN", &origin.to_string_lossy());
+            PathBuf::from(dir)
+        })
+        .collect();
+    needed
+        .iter()
+        .filter(|name| engine_library_version(name).is_some())
+        .filter_map(|name| dirs.iter().map(|dir| dir.join(name)).find(|p| p.is_file()))
+        .collect()
 }
 
 /// `libchainflip_engine_v2_3_0.so` → 2.3.0; any other name → `None`.
@@ -50,29 +81,42 @@ pub fn engine_library_version(name: &str) -> Option<SemVer> {
     parts.next().is_none().then_some(version)
 }
 
-/// The `DT_NEEDED` names, or `None` when `image` is not 64-bit little-endian ELF.
-fn needed_libraries(image: &[u8]) -> Result<Option<Vec<String>>, ElfError> {
+/// What the dynamic section says about libraries.
+struct Dynamic {
+    /// `DT_NEEDED` names.
+    needed: Vec<String>,
+    /// `DT_RUNPATH` and `DT_RPATH` values (colon-separated directory lists).
+    search: Vec<String>,
+}
+
+/// The dynamic section's library entries, or `None` when `image` is not 64-bit little-endian ELF.
+fn dynamic_section(image: &[u8]) -> Result<Option<Dynamic>, ElfError> {
+    let no_libraries = || Dynamic {
+        needed: Vec::new(),
+        search: Vec::new(),
+    };
     if image.len() < 64 || image[..4] != *b"\x7fELF" || image[4] != 2 || image[5] != 1 {
         return Ok(None);
     }
     let headers = program_headers(image)?;
     let Some(dynamic) = headers.iter().find(|h| h.kind == PT_DYNAMIC) else {
         // Statically linked: no libraries.
-        return Ok(Some(Vec::new()));
+        return Ok(Some(no_libraries()));
     };
     let entries = slice(image, dynamic.offset, dynamic.file_size)?;
-    let (mut needed, mut strtab) = (Vec::new(), None);
+    let (mut needed, mut search, mut strtab) = (Vec::new(), Vec::new(), None);
     for entry in entries.chunks_exact(16) {
         let (tag, value) = (u64_at(entry, 0)?, u64_at(entry, 8)?);
         match tag {
             DT_NULL => break,
             DT_NEEDED => needed.push(value),
+            DT_RPATH | DT_RUNPATH => search.push(value),
             DT_STRTAB => strtab = Some(value),
             _ => {}
         }
     }
     if needed.is_empty() {
-        return Ok(Some(Vec::new()));
+        return Ok(Some(no_libraries()));
     }
     // DT_STRTAB is an address in memory: the loadable segment holding it says where it is on disk.
     let strtab = strtab.ok_or(ElfError("DT_NEEDED without DT_STRTAB"))?;
@@ -82,11 +126,16 @@ fn needed_libraries(image: &[u8]) -> Result<Option<Vec<String>>, ElfError> {
         .find(|h| h.vaddr <= strtab && strtab < h.vaddr.saturating_add(h.file_size))
         .map(|h| strtab - h.vaddr + h.offset)
         .ok_or(ElfError("DT_STRTAB lies outside every loadable segment"))?;
-    needed
-        .into_iter()
-        .map(|name| string_at(image, strtab_offset.saturating_add(name)))
-        .collect::<Result<_, _>>()
-        .map(Some)
+    let strings = |offsets: Vec<u64>| {
+        offsets
+            .into_iter()
+            .map(|at| string_at(image, strtab_offset.saturating_add(at)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Some(Dynamic {
+        needed: strings(needed)?,
+        search: strings(search)?,
+    }))
 }
 
 struct ProgramHeader {
@@ -230,14 +279,34 @@ mod tests {
             d,
         );
         let image = std::fs::read(d.join("runner")).unwrap();
-        let needed = needed_libraries(&image).unwrap().unwrap();
-        assert!(
-            needed.iter().any(|n| n.starts_with("libc.so")),
-            "{needed:?}"
-        );
+        let needed = dynamic_section(&image).unwrap().unwrap().needed;
+        assert!(needed.iter().any(|n| n.starts_with("libc.so")), "{needed:?}");
         assert_eq!(
             engine_library_versions(&image).unwrap(),
             vec![v("2.2.8"), v("2.3.0")]
+        );
+        // Found where the loader finds them: through the rpath, `$ORIGIN` being the program's dir.
+        assert_eq!(engine_library_paths(&d.join("runner"), &image), Vec::<PathBuf>::new());
+        cc(
+            &[
+                "-o",
+                "runner",
+                "main.c",
+                "-L.",
+                "-Wl,--no-as-needed",
+                "-l:libchainflip_engine_v2_3_0.so",
+                "-l:libchainflip_engine_v2_2_8.so",
+                "-Wl,-rpath,$ORIGIN",
+            ],
+            d,
+        );
+        let image = std::fs::read(d.join("runner")).unwrap();
+        assert_eq!(
+            engine_library_paths(&d.join("runner"), &image),
+            vec![
+                d.join("libchainflip_engine_v2_3_0.so"),
+                d.join("libchainflip_engine_v2_2_8.so")
+            ]
         );
     }
 

@@ -51,6 +51,9 @@ pub enum Event {
     StandbyOver,
     /// The shim was asked to stop (SIGTERM / SIGINT).
     Shutdown,
+    /// The engine's program was replaced on disk (or re-probed after SIGHUP) and now covers
+    /// `covers`. A running engine is not restarted for it: the news applies from its next start.
+    EngineReplaced { engine: EngineId, covers: Covers },
 }
 
 /// What the shell must do.
@@ -201,6 +204,8 @@ pub struct Gate {
     now: Duration,
     /// Number of the latest block acted on: finality only moves forward.
     last_block: Option<u64>,
+    /// What a replaced engine covers now, kept until its live child (the old program) is gone.
+    replaced: Vec<Option<Covers>>,
 }
 
 impl Gate {
@@ -213,6 +218,7 @@ impl Gate {
         start_secs: Duration,
     ) -> Self {
         assert!(!engines.is_empty(), "the gate needs at least one engine");
+        let engines_len = engines.len();
         let backoff = engines
             .iter()
             .map(|_| RestartBackoff::new(start_secs))
@@ -233,6 +239,7 @@ impl Gate {
             handing_off: false,
             now: Duration::ZERO,
             last_block: None,
+            replaced: vec![None; engines_len],
         }
     }
 
@@ -292,8 +299,51 @@ impl Gate {
                 }
             }
             Event::Shutdown => self.on_shutdown(&mut actions),
+            Event::EngineReplaced { engine, covers } => {
+                self.on_engine_replaced(engine, covers, &mut actions)
+            }
         }
         actions
+    }
+
+    /// The running child is the old program and keeps running as it is; any other engine takes
+    /// its new versions at once, and the last known release is judged again with them (an idle
+    /// shim starts the new program now rather than at the next block).
+    fn on_engine_replaced(&mut self, engine: EngineId, covers: Covers, actions: &mut Vec<Action>) {
+        if self.alive() == Some(engine) {
+            self.replaced[engine] = Some(covers);
+            return;
+        }
+        self.replaced[engine] = None;
+        if self.engines[engine] == covers {
+            return;
+        }
+        self.engines[engine] = covers;
+        match self.known {
+            Some(known) if !self.shutting_down => {
+                self.on_release(known.latest, known.version, actions)
+            }
+            _ => {}
+        }
+    }
+
+    /// Once `engine`'s child is gone, what it covers is what the replaced program covers.
+    fn take_replacement(&mut self, engine: EngineId) {
+        let Some(covers) = self.replaced[engine].take() else {
+            return;
+        };
+        self.engines[engine] = covers;
+        if let Some(known) = &mut self.known {
+            let keep = match self.job {
+                Job::RestartPending(engine) => Some(engine),
+                _ => None,
+            };
+            let target = pick_engine(&self.engines, self.rule, known.version, keep);
+            if target != known.target {
+                known.target = target;
+                known.since = known.latest;
+            }
+        }
     }
 
     fn on_release(&mut self, block: BlockRef, version: SemVer, actions: &mut Vec<Action>) {
@@ -503,6 +553,7 @@ impl Gate {
                     status,
                 }));
                 self.job = Job::Idle;
+                self.take_replacement(engine);
                 if self.shutting_down {
                     self.give_back_lock(actions);
                     actions.push(Action::Exit);
@@ -532,6 +583,7 @@ impl Gate {
                     after: restart_in,
                 });
                 self.job = Job::RestartPending(engine);
+                self.take_replacement(engine);
                 // Reaped: the lock goes back until the restart, so an idle shim holds nothing.
                 self.give_back_lock(actions);
             }

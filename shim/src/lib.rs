@@ -27,3 +27,4 @@ pub mod storage_key;
 pub mod supervisor;
 pub mod telemetry;
 pub mod version;
+pub mod watch;
