@@ -199,7 +199,37 @@ pub struct RunConfig {
     pub lock_password_file: Option<PathBuf>,
     /// At least one engine, in the order given.
     pub engines: Vec<EngineCommand>,
+    /// How to read the settings again on SIGHUP; `None` without a config file.
+    pub reload: Option<Reload>,
 }
+
+/// The flags and environment as given, to lay a re-read config file under them again on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct Reload(pub Box<RunArgs>);
+
+impl Reload {
+    /// The config file this reload reads.
+    pub fn path(&self) -> &Path {
+        self.0
+            .config
+            .as_deref()
+            .expect("a reload has a config file")
+    }
+
+    /// Reads the file again and merges it under the same flags and environment.
+    pub fn resolve(&self) -> Result<RunConfig, ConfigError> {
+        (*self.0).clone().resolve()
+    }
+}
+
+/// Two settings are the same whatever reloads them.
+impl PartialEq for Reload {
+    fn eq(&self, other: &Self) -> bool {
+        self.path() == other.path()
+    }
+}
+
+impl Eq for Reload {}
 
 /// One engine the shim may run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -441,7 +471,10 @@ impl RunArgs {
         match self.config.clone() {
             Some(path) => {
                 let file = FileConfig::load(&path)?;
-                self.merge(file, Some(&path))
+                let reload = Reload(Box::new(self.clone()));
+                let mut config = self.merge(file, Some(&path))?;
+                config.reload = Some(reload);
+                Ok(config)
             }
             None => self.merge(FileConfig::default(), None),
         }
@@ -489,6 +522,7 @@ impl RunArgs {
             renew: RENEW.pick(self.renew, file.renew, path)?,
             lock_password_file: file.lock_password_file,
             engines,
+            reload: None,
         })
     }
 

@@ -280,13 +280,19 @@ mod tests {
         );
         let image = std::fs::read(d.join("runner")).unwrap();
         let needed = dynamic_section(&image).unwrap().unwrap().needed;
-        assert!(needed.iter().any(|n| n.starts_with("libc.so")), "{needed:?}");
+        assert!(
+            needed.iter().any(|n| n.starts_with("libc.so")),
+            "{needed:?}"
+        );
         assert_eq!(
             engine_library_versions(&image).unwrap(),
             vec![v("2.2.8"), v("2.3.0")]
         );
         // Found where the loader finds them: through the rpath, `$ORIGIN` being the program's dir.
-        assert_eq!(engine_library_paths(&d.join("runner"), &image), Vec::<PathBuf>::new());
+        assert_eq!(
+            engine_library_paths(&d.join("runner"), &image),
+            Vec::<PathBuf>::new()
+        );
         cc(
             &[
                 "-o",

@@ -599,6 +599,8 @@ impl Gate {
         self.job = Job::Idle;
         match self.known {
             Some(known) if known.target == Some(engine) => self.start(engine, known, true, actions),
+            // The engine was replaced on disk while its restart was pending and no longer fits.
+            Some(_) if !self.shutting_down => self.start_or_wait(true, false, actions),
             _ => {}
         }
     }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::block::BlockRef;
-use crate::config::{validate_engines, RunConfig};
+use crate::config::{validate_engines, Reload, RunConfig};
 use crate::control::{self, HandOffRequest};
 use crate::covers::Covers;
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
@@ -27,9 +27,14 @@ use crate::metrics::{self, Metrics};
 use crate::probe::discover;
 use crate::supervisor::{spawn_child, ChildExit, ChildHandle, LaunchSpec};
 use crate::telemetry;
+use crate::version::Rule;
+use crate::watch::{watch, Replaced, Watched};
 
 /// How long `CMD --version` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the engine programs are looked at for an in-place upgrade.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// A start-up problem in what the operator asked for (exit code 2), as opposed to a failure.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +128,24 @@ async fn resolve_engines(config: &RunConfig) -> anyhow::Result<Vec<Engine>> {
     Ok(engines)
 }
 
+/// What the watcher looks at for each engine: its program's path, and the versions the operator
+/// declared (kept as they are when the program changes).
+fn watched_engines(config: &RunConfig) -> anyhow::Result<Vec<Watched>> {
+    config
+        .engines
+        .iter()
+        .enumerate()
+        .map(|(engine, command)| {
+            Ok(Watched {
+                engine,
+                program: crate::preflight::engine_program(&command.command[0])
+                    .map_err(anyhow::Error::msg)?,
+                declared: Covers::new(command.versions.clone()),
+            })
+        })
+        .collect()
+}
+
 /// The lock from `--lock` (with the PostgreSQL options and password), or the documented default
 /// derived from `--lock-dir` / the engine's `--config-root`.
 fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
@@ -203,21 +226,50 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!("serving /metrics and /health on http://{bound}");
     }
+    let (replaced_tx, replaced_rx) = mpsc::unbounded_channel();
+    let (rescan_tx, rescan_rx) = mpsc::unbounded_channel();
+    let watcher = tokio::spawn(watch(
+        watched_engines(&config)?,
+        WATCH_EVERY,
+        PROBE_TIMEOUT,
+        rescan_rx,
+        replaced_tx,
+    ));
     let outside = Outside {
         lock: Lock::new(lock),
         control_rx,
         metrics,
+        replaced_rx,
+        rescan_tx,
+        reload: config.reload.clone(),
+        rule: config.rule,
     };
+    let _stop_watching = AbortOnDrop(watcher);
     Shell::new(engines, gate, config.grace, config.standby, outside)
         .run(follower)
         .await
 }
 
-/// What the shell is connected to beyond its own channels: the lock, hand-off requests, metrics.
+/// Aborts a background task when the shell is done with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the shell is connected to beyond its own channels: the lock, hand-off requests, metrics,
+/// the engine watcher and how to re-read the settings.
 struct Outside {
     lock: Lock,
     control_rx: mpsc::Receiver<HandOffRequest>,
     metrics: Arc<Metrics>,
+    replaced_rx: mpsc::UnboundedReceiver<Replaced>,
+    /// Asks the watcher to re-probe every engine now, with a new list after a reload.
+    rescan_tx: mpsc::UnboundedSender<Option<Vec<Watched>>>,
+    reload: Option<Reload>,
+    rule: Rule,
 }
 
 /// The event loop's state: the gate, the live children and the channels that feed the gate.
@@ -247,6 +299,10 @@ struct Shell {
     hand_off_waiters: Vec<oneshot::Sender<String>>,
     metrics: Arc<Metrics>,
     shutting_down: bool,
+    replaced_rx: mpsc::UnboundedReceiver<Replaced>,
+    rescan_tx: mpsc::UnboundedSender<Option<Vec<Watched>>>,
+    reload: Option<Reload>,
+    rule: Rule,
 }
 
 impl Shell {
@@ -265,6 +321,10 @@ impl Shell {
             lock,
             control_rx,
             metrics,
+            replaced_rx,
+            rescan_tx,
+            reload,
+            rule,
         } = outside;
         Shell {
             engines,
@@ -288,6 +348,10 @@ impl Shell {
             hand_off_waiters: Vec::new(),
             metrics,
             shutting_down: false,
+            replaced_rx,
+            rescan_tx,
+            reload,
+            rule,
         }
     }
 
@@ -296,6 +360,7 @@ impl Shell {
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut sigusr1 =
             signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         let (blocks_tx, mut blocks_rx) = mpsc::channel(1024);
         let follower = tokio::spawn(follow(follower, blocks_tx));
         let result = loop {
@@ -329,6 +394,11 @@ impl Shell {
                     Event::HandOff
                 }
                 Some(()) = self.standby_rx.recv() => Event::StandbyOver,
+                Some(replaced) = self.replaced_rx.recv() => match self.on_replaced(replaced) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                _ = sighup.recv() => { self.on_sighup(); continue; }
             };
             if self.handle(event) {
                 break Ok(());
@@ -344,6 +414,80 @@ impl Shell {
             );
         }
         result
+    }
+
+    /// An engine's program changed on disk (or was re-probed): log what it covers now and tell
+    /// the gate, unless the new program cannot be used, in which case what it covered stays.
+    fn on_replaced(&mut self, replaced: Replaced) -> Option<Event> {
+        let Replaced {
+            engine,
+            program,
+            files,
+            covers,
+        } = replaced;
+        let program = program.display();
+        let before = self.engines[engine].covers.list();
+        let what = if files.is_empty() {
+            "was probed again"
+        } else {
+            "was replaced on disk"
+        };
+        let covers = match covers {
+            Ok(covers) => covers,
+            Err(e) => {
+                error!(program = %program, "engine {program} {what}, but it cannot be used: {e}; it still counts as covering {before}");
+                return None;
+            }
+        };
+        let mut all: Vec<Covers> = self.engines.iter().map(|e| e.covers.clone()).collect();
+        all[engine] = covers.clone();
+        if let Err(problem) = validate_engines(&all, self.rule) {
+            error!(program = %program, "engine {program} {what} and now covers {}, but {problem}; it still counts as covering {before}", covers.list());
+            return None;
+        }
+        let running = if self.children.contains_key(&engine) {
+            "; the running engine keeps running, the new program runs from its next start"
+        } else {
+            ""
+        };
+        info!(program = %program, engine_versions = %covers.list(),
+            "engine {program} {what}; it now covers {}{running}", covers.list());
+        self.engines[engine].covers = covers.clone();
+        Some(Event::EngineReplaced { engine, covers })
+    }
+
+    /// SIGHUP: read the config file again and re-probe every engine. Engine commands and versions
+    /// apply from each engine's next start; a running engine is left alone. A file that cannot be
+    /// used changes nothing.
+    fn on_sighup(&mut self) {
+        let Some(reload) = &self.reload else {
+            info!("SIGHUP: no config file to re-read (no --config); probing the engines again");
+            let _ = self.rescan_tx.send(None);
+            return;
+        };
+        let path = reload.path().display().to_string();
+        let config = match reload.resolve() {
+            Ok(config) if config.engines.len() != self.engines.len() => Err(format!(
+                "it now lists {} engines instead of {}: restart engine-shim to add or remove engines",
+                config.engines.len(),
+                self.engines.len()
+            )),
+            Ok(config) => watched_engines(&config)
+                .map(|watched| (config, watched))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match config {
+            Ok((config, watched)) => {
+                for (engine, new) in self.engines.iter_mut().zip(&config.engines) {
+                    engine.command = new.command.clone();
+                }
+                info!(config = %path, "SIGHUP: re-read {path}; probing the engines again (engine commands and versions apply from each engine's next start; other settings need a restart)");
+                let _ = self.rescan_tx.send(Some(watched));
+            }
+            Err(problem) => error!(config = %path,
+                "SIGHUP: cannot use {path}: {problem}; keeping the settings in use"),
+        }
     }
 
     fn on_exit(&mut self, exit: ChildExit) -> Event {

@@ -104,22 +104,32 @@ pub struct Replaced {
     pub covers: Result<Covers, ProbeError>,
 }
 
-/// Polls every engine's files every `every`; on a change (or when `rescan` fires, after SIGHUP)
-/// re-probes the engine and reports it. Runs until `tx` is closed.
+/// Polls every engine's files every `every`; on a change re-probes the engine and reports it.
+/// `rescan` (SIGHUP) re-probes every engine at once, with a new list of engines when the settings
+/// were re-read. Runs until `tx` is closed.
 pub async fn watch(
-    engines: Vec<Watched>,
+    mut engines: Vec<Watched>,
     every: Duration,
     probe_timeout: Duration,
-    mut rescan: mpsc::UnboundedReceiver<()>,
+    mut rescan: mpsc::UnboundedReceiver<Option<Vec<Watched>>>,
     tx: mpsc::UnboundedSender<Replaced>,
 ) {
-    let mut known: Vec<Snapshot> = engines.iter().map(|e| Snapshot::take(&e.program)).collect();
+    let snapshots = |engines: &[Watched]| -> Vec<Snapshot> {
+        engines.iter().map(|e| Snapshot::take(&e.program)).collect()
+    };
+    let mut known = snapshots(&engines);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let forced = tokio::select! {
             _ = tick.tick() => false,
-            Some(()) = rescan.recv() => true,
+            Some(list) = rescan.recv() => {
+                if let Some(list) = list {
+                    engines = list;
+                    known = snapshots(&engines);
+                }
+                true
+            }
         };
         for (engine, before) in engines.iter().zip(known.iter_mut()) {
             let now = Snapshot::take(&engine.program);
@@ -174,9 +184,15 @@ mod tests {
     fn a_rename_over_the_program_a_rewrite_and_a_vanished_library_are_changes() {
         let before = snapshot(&[("/usr/bin/e", print(1, 10)), ("/lib/a.so", print(2, 3))]);
         let renamed = snapshot(&[("/usr/bin/e", print(7, 10)), ("/lib/a.so", print(2, 3))]);
-        assert_eq!(changed_files(&before, &renamed), [PathBuf::from("/usr/bin/e")]);
+        assert_eq!(
+            changed_files(&before, &renamed),
+            [PathBuf::from("/usr/bin/e")]
+        );
         let rewritten = snapshot(&[("/usr/bin/e", print(1, 11)), ("/lib/a.so", print(2, 3))]);
-        assert_eq!(changed_files(&before, &rewritten), [PathBuf::from("/usr/bin/e")]);
+        assert_eq!(
+            changed_files(&before, &rewritten),
+            [PathBuf::from("/usr/bin/e")]
+        );
         let new_libraries = snapshot(&[("/usr/bin/e", print(1, 10)), ("/lib/b.so", print(3, 3))]);
         assert_eq!(
             changed_files(&before, &new_libraries),

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::bin;
+use crate::common::bin;
 
 /// Builds a runner at `path` linked against the engine libraries of `linked` (built in `lib_dir`,
 /// found through the program's rpath) that runs as fake-engine `as_version`. Written to a

@@ -163,6 +163,7 @@ fn nothing_given_means_documented_defaults() {
             renew: crate::lock::DEFAULT_RENEW,
             lock_password_file: None,
             engines: vec![engine(None, &["/usr/bin/engine"])],
+            reload: None,
         }
     );
 }
@@ -229,6 +230,7 @@ fn the_file_fills_every_setting() {
                     ]
                 ),
             ],
+            reload: None,
         }
     );
 }

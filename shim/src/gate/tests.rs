@@ -553,6 +553,54 @@ fn of_several_compatible_engines_the_highest_newest_version_starts() {
     );
 }
 
+fn replaced(engine: EngineId, list: &str) -> Event {
+    Event::EngineReplaced {
+        engine,
+        covers: covers(list),
+    }
+}
+
+#[test]
+fn an_idle_shim_starts_a_program_replaced_in_place_without_waiting_for_a_block() {
+    let mut g = gate(&["2.2.8,2.3.0"]);
+    step(&mut g, at(5, "2.4.0"));
+    assert_eq!(
+        commands(step(&mut g, replaced(0, "2.3.0,2.4.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(5)
+        }]
+    );
+}
+
+#[test]
+fn a_running_engine_replaced_in_place_keeps_running_until_its_next_start() {
+    let mut g = gate(&["2.2.8,2.3.0"]);
+    step(&mut g, at(5, "2.3.0"));
+    // The new program covers 2.4 too, but the running process is the old one: nothing happens.
+    assert_eq!(step(&mut g, replaced(0, "2.3.0,2.4.0")), []);
+    assert_eq!(step(&mut g, at(6, "2.3.0")), []);
+    // At 2.4 the old process is no longer compatible: it stops, and the new program starts.
+    assert_eq!(
+        commands(step(&mut g, at(7, "2.4.0"))),
+        [Action::Stop { engine: 0 }]
+    );
+    assert_eq!(
+        commands(step(&mut g, exited(0, 60))),
+        [Action::Start {
+            engine: 0,
+            block: block(7)
+        }]
+    );
+}
+
+#[test]
+fn a_replacement_that_changes_nothing_does_nothing() {
+    let mut g = gate(&["1.1.0"]);
+    step(&mut g, at(5, "1.0.0"));
+    assert_eq!(step(&mut g, replaced(0, "1.1.0")), []);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model check: one or two shims (processes), each with its own gate and engines, sharing one chain
 // and one lock, under random interleavings of blocks, crashes, stop completions, restart timers,
