@@ -137,3 +137,64 @@ async fn a_running_engine_is_not_restarted_because_its_file_changed() {
     );
     host.assert_no_lock_failed();
 }
+
+/// The operator edits the config file for the next package and sends SIGHUP: the shim re-reads
+/// it and starts the engine it now describes, without a restart. A broken edit is an ERROR that
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_re_reads_the_config_file_and_a_broken_one_changes_nothing() {
+    let node = Node::start(&["--release", "2.4.0"]).await;
+    let host = Host::new();
+    let config = host.dir.path().join("engine-shim.toml");
+    let engine_table = |versions: &str, as_version: &str| {
+        let command = [
+            common::bin("fake-engine").display().to_string(),
+            "--as-version".into(),
+            as_version.into(),
+            "--data-dir".into(),
+            host.data_dir.display().to_string(),
+            "--events".into(),
+            host.events.display().to_string(),
+        ];
+        format!("[[engine]]\nversions = {versions}\ncommand = {command:?}\n")
+    };
+    std::fs::write(&config, engine_table(r#"["2.2.8", "2.3.0"]"#, "2.3.0")).unwrap();
+    let path = config.display().to_string();
+    let command = host.shim(&node).shim_args(&["--config", &path]).command();
+    let shim = Shim {
+        proc: Proc::spawn("engine-shim", command),
+        events: host.events.clone(),
+        dir: host.dir.clone(),
+        engine_version: "2.4.0".into(),
+        versions: vec!["2.3.0".into(), "2.4.0".into()],
+        lock: Some(host.lock.clone()),
+    };
+    let (idle, _) = shim.wait_message(0, &["install a 2.4.x engine"]).await;
+
+    std::fs::write(&config, engine_table(r#"["2.4"]"#, "2.4.0")).unwrap();
+    shim.proc.signal(rustix::process::Signal::HUP);
+    let (broken, line) = shim
+        .wait_message(
+            idle,
+            &[
+                &format!("SIGHUP: cannot use {path}"),
+                "keeping the settings in use",
+            ],
+        )
+        .await;
+    assert_eq!(line.level(), "ERROR");
+    assert!(line.message().contains("'2.4'"), "{}", line.message());
+
+    std::fs::write(&config, engine_table(r#"["2.3.0", "2.4.0"]"#, "2.4.0")).unwrap();
+    shim.proc.signal(rustix::process::Signal::HUP);
+    shim.wait_message(broken, &[&format!("SIGHUP: re-read {path}")])
+        .await;
+    shim.wait_message(broken, &["was probed again; it now covers 2.3.0, 2.4.0"])
+        .await;
+    let start = host.wait_event("start", "2.4.0", 1).await;
+    assert!(
+        host.events().iter().all(|e| e.version == "2.4.0"),
+        "the broken edit started nothing"
+    );
+    assert_eq!(start.start_block(), Some(0));
+}
