@@ -738,3 +738,27 @@ fn only_plain_websocket_node_urls_are_taken() {
     );
     assert!(try_flags(&["--node", "wss://x", "--", "e"]).is_err());
 }
+
+#[test]
+fn a_config_file_can_be_read_again_under_the_same_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine-shim.toml");
+    let table = |versions: &str| {
+        format!("grace = \"20s\"\n[[engine]]\nversions = {versions}\ncommand = [\"/e\"]\n")
+    };
+    std::fs::write(&path, table(r#"["2.2.8", "2.3.0"]"#)).unwrap();
+    let config = flags(&["--config", path.to_str().unwrap(), "--grace", "5s"])
+        .resolve()
+        .unwrap();
+    let reload = config.reload.clone().expect("a config file can be re-read");
+    assert_eq!(reload.path(), path);
+
+    std::fs::write(&path, table(r#"["2.3.0", "2.4.0"]"#)).unwrap();
+    let again = reload.resolve().unwrap();
+    assert_eq!(again.engines[0].versions, [v("2.3.0"), v("2.4.0")]);
+    assert_eq!(again.grace, secs(5), "the flags still win over the file");
+
+    std::fs::write(&path, table(r#"["2.4"]"#)).unwrap();
+    assert!(reload.resolve().is_err());
+    assert!(resolve(&["--", "e"], "").unwrap().reload.is_none());
+}

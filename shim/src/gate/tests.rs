@@ -622,6 +622,8 @@ struct Shim {
     /// as the real lock's deadlines guarantee, nobody else gets the lock before it is dead.
     lost: bool,
     standby_pending: bool,
+    /// What a replaced engine covers once its live child (the old program) is gone.
+    replaced: Vec<Option<Covers>>,
 }
 
 /// The shared world: the chain and the lock (FIFO waiters, like flock's wake-up).
@@ -644,6 +646,8 @@ enum Op {
     Lose(usize),
     HandOff(usize),
     StandbyOver(usize),
+    /// Shim, engine, and the index in [`ENGINES`] of what its program covers after an upgrade.
+    Replace(usize, usize, usize),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -658,6 +662,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0usize..2).prop_map(Op::Lose),
         1 => (0usize..2).prop_map(Op::HandOff),
         2 => (0usize..2).prop_map(Op::StandbyOver),
+        1 => (0usize..2, 0usize..3, 0..ENGINES.len()).prop_map(|(s, e, k)| Op::Replace(s, e, k)),
     ]
 }
 
@@ -685,6 +690,7 @@ impl World {
             .into_iter()
             .map(|engines| Shim {
                 gate: Gate::new(engines.clone(), Rule::MajorMinor, WAIT_EVERY, START_SECS),
+                replaced: vec![None; engines.len()],
                 engines,
                 cursor: 0,
                 last_known: None,
@@ -830,6 +836,9 @@ impl World {
                 };
                 if let (Some(engine), false) = (shim.alive, shim.stop_requested) {
                     shim.alive = None;
+                    if let Some(covers) = shim.replaced[engine].take() {
+                        shim.engines[engine] = covers;
+                    }
                     let status = "signal: 9".to_string();
                     let uptime = Duration::from_secs(uptime);
                     self.feed(
@@ -882,6 +891,28 @@ impl World {
                     self.feed(s, Event::StandbyOver);
                 }
             }
+            Op::Replace(s, engine, k) => {
+                let Some(shim) = self.shims.get_mut(s).filter(|sh| !sh.exited) else {
+                    return;
+                };
+                if engine >= shim.engines.len() {
+                    return;
+                }
+                let new = covers(ENGINES[k]);
+                if shim.alive == Some(engine) {
+                    shim.replaced[engine] = Some(new.clone());
+                } else {
+                    shim.replaced[engine] = None;
+                    shim.engines[engine] = new.clone();
+                }
+                self.feed(
+                    s,
+                    Event::EngineReplaced {
+                        engine,
+                        covers: new,
+                    },
+                );
+            }
             Op::Shutdown(s) => {
                 if let Some(shim) = self.shims.get_mut(s).filter(|sh| !sh.exited) {
                     shim.shutting_down = true;
@@ -921,6 +952,9 @@ impl World {
         if let (Some(engine), true) = (shim.alive, shim.stop_requested) {
             shim.alive = None;
             shim.stop_requested = false;
+            if let Some(covers) = shim.replaced[engine].take() {
+                shim.engines[engine] = covers;
+            }
             if std::mem::take(&mut shim.lost) {
                 // The fenced engine is dead: only now may the lock pass to someone else.
                 self.holder = None;
