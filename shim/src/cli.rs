@@ -80,13 +80,14 @@ impl ChainArgs {
 /// `engine-shim run`'s flags as given. Nothing has a clap default, so [`RunArgs::resolve`] can put
 /// the config file between the environment and the defaults; the defaults are in the help text and
 /// in [`crate::config`].
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, Clone)]
 pub struct RunArgs {
     /// TOML file with any of these settings, keyed by the flag name in snake_case (`stale_after =
     /// "2m"`, `[[engine]]` tables, `shared_args`). Flags and environment variables override it.
     #[arg(long, env = "ENGINE_SHIM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// An engine the shim may run, as `[VERSION=]CMD`: CMD is split into program and args like a
+    /// An engine the shim may run, as `[VERSIONS=]CMD` (VERSIONS: X.Y.Z, or X.Y.Z,X.Y.Z for a
+    /// program covering several versions): CMD is split into program and args like a
     /// shell would (quotes, backslashes; no expansion). Give it once per installed version; an
     /// unquoted `;` also separates engines. Without VERSION the shim runs `PROGRAM --version` once.
     /// With --engine, the args after `--` are appended to every engine's own args.

@@ -18,6 +18,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::cli::RunArgs;
+use crate::covers::Covers;
 use crate::lock::{LockMode, DEFAULT_LEASE, DEFAULT_LOCK_NAME, DEFAULT_RENEW};
 use crate::storage_key::StorageKey;
 use crate::telemetry::LogFormat;
@@ -198,13 +199,44 @@ pub struct RunConfig {
     pub lock_password_file: Option<PathBuf>,
     /// At least one engine, in the order given.
     pub engines: Vec<EngineCommand>,
+    /// How to read the settings again on SIGHUP; `None` without a config file.
+    pub reload: Option<Reload>,
 }
+
+/// The flags and environment as given, to lay a re-read config file under them again on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct Reload(pub Box<RunArgs>);
+
+impl Reload {
+    /// The config file this reload reads.
+    pub fn path(&self) -> &Path {
+        self.0
+            .config
+            .as_deref()
+            .expect("a reload has a config file")
+    }
+
+    /// Reads the file again and merges it under the same flags and environment.
+    pub fn resolve(&self) -> Result<RunConfig, ConfigError> {
+        (*self.0).clone().resolve()
+    }
+}
+
+/// Two settings are the same whatever reloads them.
+impl PartialEq for Reload {
+    fn eq(&self, other: &Self) -> bool {
+        self.path() == other.path()
+    }
+}
+
+impl Eq for Reload {}
 
 /// One engine the shim may run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineCommand {
-    /// `None` until learnt from `PROGRAM --version`.
-    pub version: Option<SemVer>,
+    /// The versions the engine covers, as declared; empty until discovered from the program
+    /// (`PROGRAM --version` and the engine libraries it links).
+    pub versions: Vec<SemVer>,
     /// Program, its own args, then the shared args; never empty.
     pub command: Vec<String>,
 }
@@ -228,10 +260,12 @@ pub enum ConfigError {
     Usage(String),
 }
 
-/// Parses one `--engine` value: `[VERSION=]CMD`, where CMD is split into words like a shell would,
-/// and several engines may be separated by an unquoted `;` (handy in `ENGINE_SHIM_ENGINES`).
+/// Parses one `--engine` value: `[VERSIONS=]CMD`, where VERSIONS is one `X.Y.Z` or several
+/// separated by commas (a runner covering two versions: `2.2.8,2.3.0=CMD`), CMD is split into words
+/// like a shell would, and several engines may be separated by an unquoted `;` (handy in
+/// `ENGINE_SHIM_ENGINES`).
 ///
-/// The version is the part of the first word before its first `=`, unless that part contains a
+/// The versions are the part of the first word before its first `=`, unless that part contains a
 /// `/`: so `/opt/a=b/engine` is a program, while `1.1=engine` is a bad version rather than a program
 /// called `1.1=engine`, which would only fail later and less clearly.
 pub fn parse_engines(text: &str) -> Result<EngineList, String> {
@@ -253,34 +287,60 @@ fn parse_engine_words(mut words: Vec<String>) -> Result<EngineCommand, String> {
         .filter(|(head, _)| !head.contains('/'))
     else {
         return Ok(EngineCommand {
-            version: None,
+            versions: Vec::new(),
             command: words,
         });
     };
-    let version = head.parse::<SemVer>().map_err(|_| {
-        format!(
-            "'{head}' in '{first}' is not a version of the form X.Y.Z: write X.Y.Z=CMD, or give \
-             the program as a path (./{first}) if its name contains '='"
-        )
-    })?;
+    let versions = head
+        .split(',')
+        .map(|part| {
+            part.parse::<SemVer>().map_err(|_| {
+                format!(
+                    "'{part}' in '{first}' is not a version of the form X.Y.Z: write X.Y.Z=CMD or \
+                     X.Y.Z,X.Y.Z=CMD, or give the program as a path (./{first}) if its name \
+                     contains '='"
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    check_versions_once(&versions).map_err(|e| format!("{e} in '{first}'"))?;
     if program.is_empty() {
         return Err(format!(
-            "'{first}' names a version but no program: write {version}=/path/to/engine [ARGS…]"
+            "'{first}' names a version but no program: write {head}=/path/to/engine [ARGS…]"
         ));
     }
     words[0] = program.to_string();
     Ok(EngineCommand {
-        version: Some(version),
+        versions,
         command: words,
     })
 }
 
-/// Refuses engine sets where one release could be served by two engines, because the shim could not
-/// know which one to run: duplicates, and pairs the rule cannot tell apart (same major.minor under
-/// `major-minor`, same major under `major`, the same version under `exact`).
-pub fn validate_engines(versions: &[SemVer], rule: Rule) -> Result<(), String> {
-    for (i, &a) in versions.iter().enumerate() {
-        for &b in &versions[i + 1..] {
+/// A version listed twice for one engine is a typo for another version, not a harmless repeat.
+fn check_versions_once(versions: &[SemVer]) -> Result<(), String> {
+    for (i, version) in versions.iter().enumerate() {
+        if versions[..i].contains(version) {
+            return Err(format!("version {version} is listed twice: keep one"));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses sets of one-version engines where one release could be served by two engines, because
+/// the shim could not know which one to run: duplicates, and pairs the rule cannot tell apart (same
+/// major.minor under `major-minor`, same major under `major`, the same version under `exact`).
+///
+/// An engine covering several versions is a runner that overlaps its neighbours by design (the
+/// package of 2.3 covers 2.2 and 2.3): pairs involving one are allowed, and
+/// [`crate::gate::pick_engine`] decides between them.
+pub fn validate_engines(engines: &[Covers], rule: Rule) -> Result<(), String> {
+    let singles: Vec<SemVer> = engines
+        .iter()
+        .filter(|covers| !covers.is_several())
+        .map(Covers::newest)
+        .collect();
+    for (i, &a) in singles.iter().enumerate() {
+        for &b in &singles[i + 1..] {
             if a == b {
                 return Err(format!("engine {a} is given twice: keep one"));
             }
@@ -355,8 +415,35 @@ pub struct FileConfig {
 pub struct FileEngine {
     #[serde(default, deserialize_with = "version")]
     pub version: Option<SemVer>,
+    /// The versions of an engine covering several (a runner), instead of `version`.
+    #[serde(default, deserialize_with = "versions")]
+    pub versions: Option<Vec<SemVer>>,
     #[serde(deserialize_with = "command")]
     pub command: Vec<String>,
+}
+
+impl FileEngine {
+    /// The engine as the flags would give it; `version` and `versions` are two spellings of one
+    /// fact, so both at once is refused rather than one silently winning.
+    fn engine_command(&self, path: Option<&Path>) -> Result<EngineCommand, ConfigError> {
+        let versions = match (self.version, &self.versions) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Usage(format!(
+                    "{}: give either version = \"X.Y.Z\" or versions = [\"X.Y.Z\", …] for the \
+                     engine {}, not both",
+                    in_file("[[engine]]", path),
+                    self.command[0]
+                )))
+            }
+            (Some(version), None) => vec![version],
+            (None, Some(versions)) => versions.clone(),
+            (None, None) => Vec::new(),
+        };
+        Ok(EngineCommand {
+            versions,
+            command: self.command.clone(),
+        })
+    }
 }
 
 impl FileConfig {
@@ -384,7 +471,10 @@ impl RunArgs {
         match self.config.clone() {
             Some(path) => {
                 let file = FileConfig::load(&path)?;
-                self.merge(file, Some(&path))
+                let reload = Reload(Box::new(self.clone()));
+                let mut config = self.merge(file, Some(&path))?;
+                config.reload = Some(reload);
+                Ok(config)
             }
             None => self.merge(FileConfig::default(), None),
         }
@@ -394,7 +484,10 @@ impl RunArgs {
     pub fn merge(self, file: FileConfig, path: Option<&Path>) -> Result<RunConfig, ConfigError> {
         let rule = self.rule.or(file.rule).unwrap_or_default();
         let engines = self.engine_commands(&file, path)?;
-        let known: Vec<SemVer> = engines.iter().filter_map(|e| e.version).collect();
+        let known: Vec<Covers> = engines
+            .iter()
+            .filter_map(|e| Covers::new(e.versions.clone()))
+            .collect();
         validate_engines(&known, rule).map_err(ConfigError::Usage)?;
         let node = match (self.node, file.node) {
             (Some(node), _) => node,
@@ -429,6 +522,7 @@ impl RunArgs {
             renew: RENEW.pick(self.renew, file.renew, path)?,
             lock_password_file: file.lock_password_file,
             engines,
+            reload: None,
         })
     }
 
@@ -456,20 +550,20 @@ impl RunArgs {
             let engines = file
                 .engine
                 .iter()
-                .map(|e| EngineCommand {
-                    version: e.version,
-                    command: e.command.clone(),
-                })
-                .collect();
+                .map(|e| e.engine_command(path))
+                .collect::<Result<_, _>>()?;
             (engines, in_file("[[engine]]"))
         } else if !self.command.is_empty() {
-            let version = self.engine_version.or(file.engine_version);
+            let versions = self.engine_version.or(file.engine_version);
             let mut command = self.command.clone();
             command.extend(file.shared_args.iter().flatten().cloned());
-            return Ok(vec![EngineCommand { version, command }]);
+            return Ok(vec![EngineCommand {
+                versions: versions.into_iter().collect(),
+                command,
+            }]);
         } else {
             return Err(ConfigError::Usage(
-                "no engine to run: give --engine [VERSION=]CMD (once per version), [[engine]] \
+                "no engine to run: give --engine [VERSIONS=]CMD (once per program), [[engine]] \
                  tables in the --config file, or the single engine as `-- CMD [ARGS…]`"
                     .into(),
             ));
@@ -542,6 +636,23 @@ fn version<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SemVer>, D::Error> 
         text.parse()
             .map_err(|e: crate::version::ParseVersionError| e.to_string())
     })
+}
+
+/// A non-empty list of distinct versions.
+fn versions<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SemVer>>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    if texts.is_empty() {
+        return Err(de::Error::custom(
+            "versions is empty: write versions = [\"2.2.8\", \"2.3.0\"], or leave it out to \
+             learn them from the program",
+        ));
+    }
+    let versions = texts
+        .iter()
+        .map(|text| text.parse::<SemVer>().map_err(de::Error::custom))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_versions_once(&versions).map_err(de::Error::custom)?;
+    Ok(Some(versions))
 }
 
 fn storage_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StorageKey>, D::Error> {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::backoff::RestartBackoff;
 use crate::block::BlockRef;
+use crate::covers::Covers;
 use crate::version::{Compatibility, ReleaseError, Rule, SemVer};
 
 /// Index of an engine in the list the gate was built with.
@@ -59,6 +60,9 @@ pub enum Event {
     StandbyOver,
     /// The shim was asked to stop (SIGTERM / SIGINT).
     Shutdown,
+    /// The engine's program was replaced on disk (or re-probed after SIGHUP) and now covers
+    /// `covers`. A running engine is not restarted for it: the news applies from its next start.
+    EngineReplaced { engine: EngineId, covers: Covers },
 }
 
 /// What the shell must do.
@@ -97,30 +101,34 @@ pub enum Action {
 pub enum Notice {
     /// An engine is about to start because the release at `block` is compatible with it.
     Starting {
-        engine: SemVer,
+        engine: Covers,
         release: SemVer,
         block: BlockRef,
         restart: bool,
     },
-    /// The engine is newer than the release and waits (Chainflip's WAITING line).
+    /// The engine is newer than the release and waits (Chainflip's WAITING line). `engine` is the
+    /// version the line is about: the oldest the engine covers, the next to become compatible.
     Waiting {
         engine: SemVer,
         release: SemVer,
         block: BlockRef,
     },
-    /// The running engine is older than the release and is being stopped.
+    /// The running engine is older than the release and is being stopped. `engine` is the newest
+    /// version it covers: everything it covers is older than the release.
     NoLongerCompatible {
         engine: SemVer,
         release: SemVer,
         block: BlockRef,
     },
-    /// The release moved backwards below the running engine, which is being stopped.
+    /// The release moved backwards below the running engine, which is being stopped. `engine` is
+    /// the oldest version it covers.
     ReleaseMovedBack {
         engine: SemVer,
         release: SemVer,
         block: BlockRef,
     },
-    /// No installed engine fits the release; the operator must install one.
+    /// No installed engine fits the release; the operator must install one. `installed` lists
+    /// every version covered by any engine.
     NoCompatibleEngine {
         release: SemVer,
         block: BlockRef,
@@ -130,13 +138,13 @@ pub enum Notice {
     ReleaseUnknown {
         block: BlockRef,
         error: ReleaseError,
-        running: Option<SemVer>,
+        running: Option<Covers>,
     },
     /// An engine exited while it should run; it is restarted after `restart_in`. `unconfirmed`
     /// says why the release at the finalized head could not be read: the restart then waits
     /// until it can.
     Crashed {
-        engine: SemVer,
+        engine: Covers,
         status: String,
         uptime: Duration,
         restart_in: Duration,
@@ -145,7 +153,7 @@ pub enum Notice {
     /// An engine exited on its own because the chain moved past it: a hand-over, not a crash.
     /// The next engine starts when the follower reaches the upgrade block.
     ExitedAtUpgrade {
-        engine: SemVer,
+        engine: Covers,
         release: SemVer,
         block: BlockRef,
         status: String,
@@ -153,16 +161,16 @@ pub enum Notice {
     /// A restart is due, but the release at the finalized head could not be read: asked again
     /// after `retry_in`.
     RestartDeferred {
-        engine: SemVer,
+        engine: Covers,
         error: String,
         retry_in: Duration,
     },
     /// An engine that was asked to stop has exited.
-    Stopped { engine: SemVer, status: String },
+    Stopped { engine: Covers, status: String },
     /// The lock was lost while an engine ran: it is being stopped at once.
-    Fenced { engine: SemVer, reason: String },
+    Fenced { engine: Covers, reason: String },
     /// A hand-off was asked for; `engine` is the one being stopped, if any.
-    HandingOff { engine: Option<SemVer> },
+    HandingOff { engine: Option<Covers> },
     /// The stand-by after a hand-off ended; this instance competes for the lock again.
     StandbyOver,
 }
@@ -217,7 +225,7 @@ struct KnownRelease {
 /// Decides run / idle for a set of engines from finalized releases and child exits.
 #[derive(Debug, Clone)]
 pub struct Gate {
-    engines: Vec<SemVer>,
+    engines: Vec<Covers>,
     rule: Rule,
     wait_log_every: Duration,
     start_secs: Duration,
@@ -240,18 +248,21 @@ pub struct Gate {
     last_block: Option<u64>,
     /// How the last child that exited on its own went (uptime, status), for the crash line.
     last_exit: Option<(Duration, String)>,
+    /// What a replaced engine covers now, kept until its live child (the old program) is gone.
+    replaced: Vec<Option<Covers>>,
 }
 
 impl Gate {
     /// Builds a gate for `engines` (at least one). `wait_log_every` bounds how often a waiting line
     /// repeats; `start_secs` is how long a child must stay up for its crash back-off to reset.
     pub fn new(
-        engines: Vec<SemVer>,
+        engines: Vec<Covers>,
         rule: Rule,
         wait_log_every: Duration,
         start_secs: Duration,
     ) -> Self {
         assert!(!engines.is_empty(), "the gate needs at least one engine");
+        let engines_len = engines.len();
         let backoff = engines
             .iter()
             .map(|_| RestartBackoff::new(start_secs))
@@ -273,6 +284,7 @@ impl Gate {
             now: Duration::ZERO,
             last_block: None,
             last_exit: None,
+            replaced: vec![None; engines_len],
         }
     }
 
@@ -339,16 +351,65 @@ impl Gate {
                 }
             }
             Event::Shutdown => self.on_shutdown(&mut actions),
+            Event::EngineReplaced { engine, covers } => {
+                self.on_engine_replaced(engine, covers, &mut actions)
+            }
         }
         actions
     }
 
+    /// The running child is the old program and keeps running as it is; any other engine takes
+    /// its new versions at once, and the last known release is judged again with them (an idle
+    /// shim starts the new program now rather than at the next block).
+    fn on_engine_replaced(&mut self, engine: EngineId, covers: Covers, actions: &mut Vec<Action>) {
+        if self.alive() == Some(engine) {
+            self.replaced[engine] = Some(covers);
+            return;
+        }
+        self.replaced[engine] = None;
+        if self.engines[engine] == covers {
+            return;
+        }
+        self.engines[engine] = covers;
+        match self.known {
+            Some(known) if !self.shutting_down => {
+                self.on_release(known.latest, known.version, actions)
+            }
+            _ => {}
+        }
+    }
+
+    /// Once `engine`'s child is gone, what it covers is what the replaced program covers.
+    fn take_replacement(&mut self, engine: EngineId) {
+        let Some(covers) = self.replaced[engine].take() else {
+            return;
+        };
+        self.engines[engine] = covers;
+        if let Some(known) = &mut self.known {
+            let keep = match self.job {
+                Job::RestartPending(engine) => Some(engine),
+                _ => None,
+            };
+            let target = pick_engine(&self.engines, self.rule, known.version, keep);
+            if target != known.target {
+                known.target = target;
+                known.since = known.latest;
+            }
+        }
+    }
+
     fn on_release(&mut self, block: BlockRef, version: SemVer, actions: &mut Vec<Action>) {
         self.last_release_error = None;
-        let target = self
-            .engines
-            .iter()
-            .position(|&engine| self.rule.compare(engine, version) == Compatibility::Compatible);
+        // The engine that runs, or is between an exit of its own and its restart, stays while it
+        // fits; one that left at an upgrade (retired) does not.
+        let keep = match self.job {
+            Job::Running(engine)
+            | Job::RestartPending(engine)
+            | Job::ExitCheck(engine)
+            | Job::RestartCheck(engine) => Some(engine),
+            Job::Idle | Job::Stopping(_) | Job::Retired(_) => None,
+        };
+        let target = pick_engine(&self.engines, self.rule, version, keep);
         let target_changed = self.known.is_none_or(|known| known.target != target);
         let release_changed = self.known.is_none_or(|known| known.version != version);
         let (since, upgrade_pending) = match self.known {
@@ -411,15 +472,15 @@ impl Gate {
     }
 
     fn incompatible_notice(&self, engine: EngineId, release: SemVer, block: BlockRef) -> Notice {
-        let version = self.engines[engine];
-        match self.rule.compare(version, release) {
+        let covers = &self.engines[engine];
+        match covers.compare(self.rule, release) {
             Compatibility::NotYetCompatible => Notice::ReleaseMovedBack {
-                engine: version,
+                engine: covers.oldest(),
                 release,
                 block,
             },
             _ => Notice::NoLongerCompatible {
-                engine: version,
+                engine: covers.newest(),
                 release,
                 block,
             },
@@ -439,18 +500,18 @@ impl Gate {
         if !self.calm_line_due(changed) {
             return;
         }
-        for &engine in &self.engines {
+        for covers in &self.engines {
             let (release, block) = (known.version, known.latest);
-            match self.rule.compare(engine, release) {
+            match covers.compare(self.rule, release) {
                 Compatibility::NotYetCompatible => actions.push(Action::Notify(Notice::Waiting {
-                    engine,
+                    engine: covers.oldest(),
                     release,
                     block,
                 })),
                 // Said once per change: repeating it adds nothing the no-engine line does not say.
                 Compatibility::NoLongerCompatible if changed && !after_stop => {
                     actions.push(Action::Notify(Notice::NoLongerCompatible {
-                        engine,
+                        engine: covers.newest(),
                         release,
                         block,
                     }))
@@ -458,10 +519,17 @@ impl Gate {
                 _ => {}
             }
         }
+        let mut installed: Vec<SemVer> = self
+            .engines
+            .iter()
+            .flat_map(|covers| covers.versions().iter().copied())
+            .collect();
+        installed.sort();
+        installed.dedup();
         actions.push(Action::Notify(Notice::NoCompatibleEngine {
             release: known.version,
             block: known.latest,
-            installed: self.engines.clone(),
+            installed,
         }));
     }
 
@@ -484,7 +552,7 @@ impl Gate {
             }
         }
         actions.push(Action::Notify(Notice::Starting {
-            engine: self.engines[engine],
+            engine: self.engines[engine].clone(),
             release: known.version,
             block: known.since,
             restart,
@@ -552,7 +620,7 @@ impl Gate {
             actions.push(Action::Notify(Notice::ReleaseUnknown {
                 block,
                 error,
-                running: self.alive().map(|engine| self.engines[engine]),
+                running: self.alive().map(|engine| self.engines[engine].clone()),
             }));
         }
     }
@@ -567,10 +635,11 @@ impl Gate {
         match self.job {
             Job::Stopping(stopping) if stopping == engine => {
                 actions.push(Action::Notify(Notice::Stopped {
-                    engine: self.engines[engine],
+                    engine: self.engines[engine].clone(),
                     status,
                 }));
                 self.job = Job::Idle;
+                self.take_replacement(engine);
                 if self.shutting_down {
                     self.give_back_lock(actions);
                     actions.push(Action::Exit);
@@ -592,6 +661,8 @@ impl Gate {
                 // Only the release at the latest finalized head tells them apart.
                 self.last_exit = Some((uptime, status));
                 self.job = Job::ExitCheck(engine);
+                // The old program is gone: a replacement on disk counts from now on.
+                self.take_replacement(engine);
                 actions.push(Action::CheckHead { engine });
             }
             // An exit for a child the gate no longer tracks changes nothing.
@@ -636,7 +707,7 @@ impl Gate {
                 let (uptime, status) = self.last_exit.clone().unwrap_or_default();
                 let restart_in = self.backoff[engine].next_delay(uptime);
                 actions.push(Action::Notify(Notice::Crashed {
-                    engine: self.engines[engine],
+                    engine: self.engines[engine].clone(),
                     status,
                     uptime,
                     restart_in,
@@ -656,13 +727,15 @@ impl Gate {
                     Some(known) if known.target == Some(engine) => {
                         self.start(engine, known, true, actions)
                     }
-                    _ => self.start_or_wait(true, false, actions),
+                    // E.g. the engine was replaced on disk meanwhile and no longer fits.
+                    Some(_) if !self.shutting_down => self.start_or_wait(true, false, actions),
+                    _ => {}
                 }
             }
             (false, Err(error)) => {
                 let retry_in = self.backoff[engine].next_delay(Duration::ZERO);
                 actions.push(Action::Notify(Notice::RestartDeferred {
-                    engine: self.engines[engine],
+                    engine: self.engines[engine].clone(),
                     error,
                     retry_in,
                 }));
@@ -675,8 +748,9 @@ impl Gate {
         }
     }
 
+    /// Whether anything `engine` covers is compatible with `release`.
     fn is_compatible(&self, engine: EngineId, release: SemVer) -> bool {
-        self.rule.compare(self.engines[engine], release) == Compatibility::Compatible
+        self.engines[engine].compare(self.rule, release) == Compatibility::Compatible
     }
 
     fn exited_at_upgrade(
@@ -692,7 +766,7 @@ impl Gate {
             .map(|(_, status)| status.clone())
             .unwrap_or_default();
         actions.push(Action::Notify(Notice::ExitedAtUpgrade {
-            engine: self.engines[engine],
+            engine: self.engines[engine].clone(),
             release,
             block,
             status,
@@ -708,7 +782,7 @@ impl Gate {
         match self.job {
             Job::Running(engine) | Job::Stopping(engine) => {
                 actions.push(Action::Notify(Notice::Fenced {
-                    engine: self.engines[engine],
+                    engine: self.engines[engine].clone(),
                     reason,
                 }));
                 actions.push(Action::Fence { engine });
@@ -728,7 +802,7 @@ impl Gate {
             return;
         }
         actions.push(Action::Notify(Notice::HandingOff {
-            engine: self.alive().map(|engine| self.engines[engine]),
+            engine: self.alive().map(|engine| self.engines[engine].clone()),
         }));
         self.standby = true;
         actions.push(Action::Standby);
@@ -785,6 +859,33 @@ fn start_block(known: &KnownRelease) -> BlockRef {
     } else {
         known.latest
     }
+}
+
+/// Which engine should run at `release`: the rule operators read in the README.
+///
+/// - An engine is compatible when any version it covers is.
+/// - `keep` (the engine running now, or about to restart) stays while it is compatible: there is
+///   no hand-over between two compatible engines, since a hand-over is a stop and a start for
+///   nothing.
+/// - Otherwise, of the compatible engines, the one whose newest version is highest starts (the
+///   first given on a tie). Engines of one version each never tie: the config refuses two that
+///   share a release.
+pub fn pick_engine(
+    engines: &[Covers],
+    rule: Rule,
+    release: SemVer,
+    keep: Option<EngineId>,
+) -> Option<EngineId> {
+    let compatible =
+        |id: &EngineId| engines[*id].compare(rule, release) == Compatibility::Compatible;
+    if let Some(keep) = keep.filter(compatible) {
+        return Some(keep);
+    }
+    (0..engines.len())
+        .filter(compatible)
+        // `max_by_key` keeps the last of equals: reversed, the first given wins a tie.
+        .rev()
+        .max_by_key(|&id| engines[id].newest())
 }
 
 #[cfg(test)]

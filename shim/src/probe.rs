@@ -1,4 +1,5 @@
-//! Asks an engine binary for its version (`PROGRAM --version`), for when `--engine-version` is not given.
+//! Learns what an engine program covers when its versions are not declared: `PROGRAM --version`,
+//! plus the engine libraries the program links (see [`crate::elf`]).
 //!
 //! The program is run with `--version` alone, without the engine's other arguments: those are
 //! for a running engine (and may name files that only exist at run time), while `--version` is
@@ -16,6 +17,8 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal};
 use tokio::process::Command;
 
+use crate::covers::Covers;
+use crate::elf::{self, ElfError};
 use crate::version::SemVer;
 
 /// Why `PROGRAM --version` gave no usable version. Each message names the way out.
@@ -37,6 +40,40 @@ pub enum ProbeError {
     },
     #[error("no X.Y.Z version in the output of `{} --version` (run without the engine's other arguments){}; pass --engine-version X.Y.Z", program.display(), output_excerpt(output))]
     NoVersion { program: PathBuf, output: String },
+    #[error("cannot read the engine libraries {} links: {source}; give its versions as --engine X.Y.Z,X.Y.Z=CMD or versions = [...] in its [[engine]] table", program.display())]
+    Libraries {
+        program: PathBuf,
+        #[source]
+        source: LibrariesError,
+    },
+}
+
+/// Why a program's linked libraries could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LibrariesError {
+    #[error(transparent)]
+    Read(#[from] io::Error),
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+}
+
+/// Everything `program` covers: the version `program --version` prints, plus the versions of the
+/// engine libraries it links (a runner prints only its newest). A script or any other non-ELF
+/// program links nothing: its `--version` alone counts.
+pub async fn discover(program: &Path, timeout: Duration) -> Result<Covers, ProbeError> {
+    let printed = probe_version(program, timeout).await?;
+    let mut versions = linked_versions(program).map_err(|source| ProbeError::Libraries {
+        program: program.to_path_buf(),
+        source,
+    })?;
+    versions.push(printed);
+    Ok(Covers::new(versions).expect("holds the printed version"))
+}
+
+/// The engine library versions in `program`'s dynamic section.
+pub fn linked_versions(program: &Path) -> Result<Vec<SemVer>, LibrariesError> {
+    let image = std::fs::read(program)?;
+    Ok(elf::engine_library_versions(&image)?)
 }
 
 /// Runs `program --version` once and takes the first `X.Y.Z` in its stdout, then its stderr.
@@ -145,6 +182,15 @@ mod tests {
         );
         let version = probe(&engine, TIMEOUT).await.unwrap();
         assert_eq!(version, SemVer::new(1, 3, 2));
+    }
+
+    #[tokio::test]
+    async fn a_script_covers_only_the_version_it_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = script(dir.path(), "engine", "echo 'chainflip-engine 2.3.0'");
+        probe(&engine, TIMEOUT).await.unwrap();
+        let covers = discover(&engine, TIMEOUT).await.unwrap();
+        assert_eq!(covers, Covers::one(SemVer::new(2, 3, 0)));
     }
 
     #[tokio::test]

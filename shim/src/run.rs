@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::block::BlockRef;
-use crate::config::{validate_engines, RunConfig};
+use crate::config::{validate_engines, Reload, RunConfig};
 use crate::control::{self, HandOffRequest};
+use crate::covers::Covers;
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate};
 use crate::lock::{
@@ -23,10 +24,11 @@ use crate::lock::{
     PASSWORD_FILE_ENV,
 };
 use crate::metrics::{self, Metrics};
-use crate::probe::probe_version;
+use crate::probe::discover;
 use crate::supervisor::{spawn_child, ChildExit, ChildHandle, LaunchSpec};
 use crate::telemetry;
-use crate::version::SemVer;
+use crate::version::Rule;
+use crate::watch::{watch, Replaced, Watched};
 
 /// How long `CMD --version` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,15 +36,18 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long reading the release at the finalized head may take after an engine's own exit.
 const HEAD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the engine programs are looked at for an in-place upgrade.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
 /// A start-up problem in what the operator asked for (exit code 2), as opposed to a failure.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// One engine the shim may run: its version and how to launch it.
+/// One engine the shim may run: the versions it covers and how to launch it.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    pub version: SemVer,
+    pub covers: Covers,
     pub command: Vec<String>,
 }
 
@@ -57,7 +62,7 @@ impl Engine {
                 .replace("{lock_epoch}", &epoch)
         };
         LaunchSpec {
-            label: self.version.to_string(),
+            label: self.covers.newest().to_string(),
             program: self.command[0].clone().into(),
             args: self.command[1..].iter().map(|a| substitute(a)).collect(),
             env: vec![
@@ -68,7 +73,7 @@ impl Engine {
                 ),
                 (
                     "ENGINE_SHIM_ENGINE_VERSION".into(),
-                    self.version.to_string(),
+                    self.covers.newest().to_string(),
                 ),
                 ("ENGINE_SHIM_LOCK_EPOCH".into(), epoch.clone()),
             ],
@@ -99,25 +104,49 @@ fn preflight(config: &RunConfig, lock: &LockSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Learns every engine's version (given, or `PROGRAM --version`) and refuses sets the rule cannot
-/// tell apart.
+/// Learns what every engine covers (declared, or discovered from the program) and refuses sets
+/// the rule cannot tell apart.
 async fn resolve_engines(config: &RunConfig) -> anyhow::Result<Vec<Engine>> {
     let mut engines = Vec::with_capacity(config.engines.len());
     for engine in &config.engines {
-        let version = match engine.version {
-            Some(version) => version,
-            None => probe_version(Path::new(&engine.command[0]), PROBE_TIMEOUT)
-                .await
-                .with_context(|| format!("cannot learn the version of {}", engine.command[0]))?,
+        let program = &engine.command[0];
+        let covers = match Covers::new(engine.versions.clone()) {
+            Some(covers) => covers,
+            None => {
+                let covers = discover(Path::new(program), PROBE_TIMEOUT)
+                    .await
+                    .with_context(|| format!("cannot learn the versions of {program}"))?;
+                info!(program = %program, engine_versions = %covers.list(),
+                    "engine {program} covers {}", covers.list());
+                covers
+            }
         };
         engines.push(Engine {
-            version,
+            covers,
             command: engine.command.clone(),
         });
     }
-    let versions: Vec<SemVer> = engines.iter().map(|e| e.version).collect();
-    validate_engines(&versions, config.rule).map_err(UsageError)?;
+    let covers: Vec<Covers> = engines.iter().map(|e| e.covers.clone()).collect();
+    validate_engines(&covers, config.rule).map_err(UsageError)?;
     Ok(engines)
+}
+
+/// What the watcher looks at for each engine: its program's path, and the versions the operator
+/// declared (kept as they are when the program changes).
+fn watched_engines(config: &RunConfig) -> anyhow::Result<Vec<Watched>> {
+    config
+        .engines
+        .iter()
+        .enumerate()
+        .map(|(engine, command)| {
+            Ok(Watched {
+                engine,
+                program: crate::preflight::engine_program(&command.command[0])
+                    .map_err(anyhow::Error::msg)?,
+                declared: Covers::new(command.versions.clone()),
+            })
+        })
+        .collect()
 }
 
 /// The lock from `--lock` (with the PostgreSQL options and password), or the documented default
@@ -162,7 +191,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let engines = resolve_engines(&config).await?;
     let listed = engines
         .iter()
-        .map(|e| format!("{} ({})", e.version, e.command[0]))
+        .map(|e| format!("{} ({})", e.covers, e.command[0]))
         .collect::<Vec<_>>()
         .join(", ");
     info!(
@@ -182,7 +211,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         behind_log_every: config.wait_log_every,
     };
     let gate = Gate::new(
-        engines.iter().map(|e| e.version).collect(),
+        engines.iter().map(|e| e.covers.clone()).collect(),
         config.rule,
         config.wait_log_every,
         config.start_secs,
@@ -205,6 +234,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!("serving /metrics and /health on http://{bound}");
     }
+    let (replaced_tx, replaced_rx) = mpsc::unbounded_channel();
+    let (rescan_tx, rescan_rx) = mpsc::unbounded_channel();
+    let watcher = tokio::spawn(watch(
+        watched_engines(&config)?,
+        WATCH_EVERY,
+        PROBE_TIMEOUT,
+        rescan_rx,
+        replaced_tx,
+    ));
     let outside = Outside {
         head: HeadCheck {
             url: config.node.clone(),
@@ -213,7 +251,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         lock: Lock::new(lock),
         control_rx,
         metrics,
+        replaced_rx,
+        rescan_tx,
+        reload: config.reload.clone(),
+        rule: config.rule,
     };
+    let _stop_watching = AbortOnDrop(watcher);
     Shell::new(engines, gate, config.grace, config.standby, outside)
         .run(follower)
         .await
@@ -226,13 +269,27 @@ struct HeadCheck {
     key: Vec<u8>,
 }
 
+/// Aborts a background task when the shell is done with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the shell is connected to beyond its own channels: the node for one-off questions, the
-/// lock, hand-off requests, metrics.
+/// lock, hand-off requests, metrics, the engine watcher and how to re-read the settings.
 struct Outside {
     head: HeadCheck,
     lock: Lock,
     control_rx: mpsc::Receiver<HandOffRequest>,
     metrics: Arc<Metrics>,
+    replaced_rx: mpsc::UnboundedReceiver<Replaced>,
+    /// Asks the watcher to re-probe every engine now, with a new list after a reload.
+    rescan_tx: mpsc::UnboundedSender<Option<Vec<Watched>>>,
+    reload: Option<Reload>,
+    rule: Rule,
 }
 
 /// The event loop's state: the gate, the live children and the channels that feed the gate.
@@ -266,6 +323,10 @@ struct Shell {
     head: HeadCheck,
     heads_tx: mpsc::UnboundedSender<Event>,
     heads_rx: mpsc::UnboundedReceiver<Event>,
+    replaced_rx: mpsc::UnboundedReceiver<Replaced>,
+    rescan_tx: mpsc::UnboundedSender<Option<Vec<Watched>>>,
+    reload: Option<Reload>,
+    rule: Rule,
 }
 
 impl Shell {
@@ -286,6 +347,10 @@ impl Shell {
             lock,
             control_rx,
             metrics,
+            replaced_rx,
+            rescan_tx,
+            reload,
+            rule,
         } = outside;
         Shell {
             engines,
@@ -312,6 +377,10 @@ impl Shell {
             head,
             heads_tx,
             heads_rx,
+            replaced_rx,
+            rescan_tx,
+            reload,
+            rule,
         }
     }
 
@@ -320,6 +389,7 @@ impl Shell {
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut sigusr1 =
             signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         let (blocks_tx, mut blocks_rx) = mpsc::channel(1024);
         let follower = tokio::spawn(follow(follower, blocks_tx));
         let result = loop {
@@ -354,6 +424,11 @@ impl Shell {
                     Event::HandOff
                 }
                 Some(()) = self.standby_rx.recv() => Event::StandbyOver,
+                Some(replaced) = self.replaced_rx.recv() => match self.on_replaced(replaced) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                _ = sighup.recv() => { self.on_sighup(); continue; }
             };
             if self.handle(event) {
                 break Ok(());
@@ -371,14 +446,88 @@ impl Shell {
         result
     }
 
+    /// An engine's program changed on disk (or was re-probed): log what it covers now and tell
+    /// the gate, unless the new program cannot be used, in which case what it covered stays.
+    fn on_replaced(&mut self, replaced: Replaced) -> Option<Event> {
+        let Replaced {
+            engine,
+            program,
+            files,
+            covers,
+        } = replaced;
+        let program = program.display();
+        let before = self.engines[engine].covers.list();
+        let what = if files.is_empty() {
+            "was probed again"
+        } else {
+            "was replaced on disk"
+        };
+        let covers = match covers {
+            Ok(covers) => covers,
+            Err(e) => {
+                error!(program = %program, "engine {program} {what}, but it cannot be used: {e}; it still counts as covering {before}");
+                return None;
+            }
+        };
+        let mut all: Vec<Covers> = self.engines.iter().map(|e| e.covers.clone()).collect();
+        all[engine] = covers.clone();
+        if let Err(problem) = validate_engines(&all, self.rule) {
+            error!(program = %program, "engine {program} {what} and now covers {}, but {problem}; it still counts as covering {before}", covers.list());
+            return None;
+        }
+        let running = if self.children.contains_key(&engine) {
+            "; the running engine keeps running, the new program runs from its next start"
+        } else {
+            ""
+        };
+        info!(program = %program, engine_versions = %covers.list(),
+            "engine {program} {what}; it now covers {}{running}", covers.list());
+        self.engines[engine].covers = covers.clone();
+        Some(Event::EngineReplaced { engine, covers })
+    }
+
+    /// SIGHUP: read the config file again and re-probe every engine. Engine commands and versions
+    /// apply from each engine's next start; a running engine is left alone. A file that cannot be
+    /// used changes nothing.
+    fn on_sighup(&mut self) {
+        let Some(reload) = &self.reload else {
+            info!("SIGHUP: no config file to re-read (no --config); probing the engines again");
+            let _ = self.rescan_tx.send(None);
+            return;
+        };
+        let path = reload.path().display().to_string();
+        let config = match reload.resolve() {
+            Ok(config) if config.engines.len() != self.engines.len() => Err(format!(
+                "it now lists {} engines instead of {}: restart engine-shim to add or remove engines",
+                config.engines.len(),
+                self.engines.len()
+            )),
+            Ok(config) => watched_engines(&config)
+                .map(|watched| (config, watched))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match config {
+            Ok((config, watched)) => {
+                for (engine, new) in self.engines.iter_mut().zip(&config.engines) {
+                    engine.command = new.command.clone();
+                }
+                info!(config = %path, "SIGHUP: re-read {path}; probing the engines again (engine commands and versions apply from each engine's next start; other settings need a restart)");
+                let _ = self.rescan_tx.send(Some(watched));
+            }
+            Err(problem) => error!(config = %path,
+                "SIGHUP: cannot use {path}: {problem}; keeping the settings in use"),
+        }
+    }
+
     fn on_exit(&mut self, exit: ChildExit) -> Event {
         self.children.remove(&exit.id);
         self.metrics.engine_exited();
         if exit.killed_after_grace {
             warn!(
-                engine_version = %self.engines[exit.id].version, pid = exit.pid,
+                engine_version = %self.engines[exit.id].covers.newest(), pid = exit.pid,
                 "engine {} did not stop within {:?} of SIGTERM and was killed",
-                self.engines[exit.id].version, self.grace
+                self.engines[exit.id].covers, self.grace
             );
         }
         Event::ChildExited {
@@ -443,7 +592,7 @@ impl Shell {
 
     /// Asks for the lock, naming the engine it is for so waiters can say who holds it.
     fn acquire_lock(&mut self) {
-        let version = self.gate.target().map(|e| self.engines[e].version);
+        let version = self.gate.target().map(|e| self.engines[e].covers.newest());
         let me = HolderInfo::me(&version.map(|v| v.to_string()).unwrap_or_default());
         self.lock.acquire(me, self.lock_tx.clone());
     }
@@ -526,9 +675,9 @@ impl Shell {
         let head = self.head.clone();
         let answers = self.heads_tx.clone();
         info!(
-            engine_version = %self.engines[engine].version,
+            engine_version = %self.engines[engine].covers.newest(),
             "engine {}: reading the release at the finalized head of {} to decide whether it may run again",
-            self.engines[engine].version, head.url
+            self.engines[engine].covers, head.url
         );
         tokio::spawn(async move {
             let answer =
@@ -551,7 +700,8 @@ impl Shell {
                     "engine {} started (pid {})", spec.label, child.pid()
                 );
                 self.children.insert(engine, child);
-                self.metrics.engine_started(self.engines[engine].version);
+                self.metrics
+                    .engine_started(self.engines[engine].covers.newest());
                 Ok(())
             }
             Err(e) => Err(Event::ChildExited {

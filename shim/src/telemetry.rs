@@ -83,7 +83,7 @@ pub fn notice(notice: &Notice) {
         } => {
             let verb = if *restart { "restarting" } else { "starting" };
             info!(
-                engine_version = %engine, release = %release, block_number = block.number, block_hash = %block.hash,
+                engine_version = %engine.newest(), release = %release, block_number = block.number, block_hash = %block.hash,
                 "{verb} engine {engine}: compatible with release {release} since block #{} ({})",
                 block.number, block.hash
             );
@@ -160,7 +160,7 @@ pub fn notice(notice: &Notice) {
             restart_in,
             unconfirmed: None,
         } => error!(
-            engine_version = %engine, status = %status, restart_in_ms = restart_in.as_millis() as u64,
+            engine_version = %engine.newest(), status = %status, restart_in_ms = restart_in.as_millis() as u64,
             "engine {engine} exited unexpectedly ({status}) after {}; restarting in {}",
             secs(*uptime), secs(*restart_in)
         ),
@@ -195,13 +195,13 @@ pub fn notice(notice: &Notice) {
             secs(*retry_in)
         ),
         Notice::Fenced { engine, reason } => error!(
-            engine_version = %engine, reason = %reason,
+            engine_version = %engine.newest(), reason = %reason,
             "lost the lock: {reason}; stopping engine {engine} now (fencing)"
         ),
         Notice::HandingOff {
             engine: Some(engine),
         } => info!(
-            engine_version = %engine,
+            engine_version = %engine.newest(),
             "hand-off requested: stopping engine {engine}, then giving the lock back and standing by"
         ),
         Notice::HandingOff { engine: None } => {
@@ -211,7 +211,7 @@ pub fn notice(notice: &Notice) {
             info!("stand-by after the hand-off is over; competing for the lock again")
         }
         Notice::Stopped { engine, status } => info!(
-            engine_version = %engine, status = %status,
+            engine_version = %engine.newest(), status = %status,
             "engine {engine} stopped ({status})"
         ),
     }

@@ -42,7 +42,7 @@ fn v(text: &str) -> SemVer {
 
 fn engine(version: Option<&str>, command: &[&str]) -> EngineCommand {
     EngineCommand {
-        version: version.map(v),
+        versions: version.into_iter().map(v).collect(),
         command: command.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -163,6 +163,7 @@ fn nothing_given_means_documented_defaults() {
             renew: crate::lock::DEFAULT_RENEW,
             lock_password_file: None,
             engines: vec![engine(None, &["/usr/bin/engine"])],
+            reload: None,
         }
     );
 }
@@ -229,6 +230,7 @@ fn the_file_fills_every_setting() {
                     ]
                 ),
             ],
+            reload: None,
         }
     );
 }
@@ -523,7 +525,7 @@ fn resolve_reads_the_file_given() {
 
 #[test]
 fn duplicate_and_overlapping_versions() {
-    let vs = |list: &[&str]| list.iter().map(|s| v(s)).collect::<Vec<_>>();
+    let vs = |list: &[&str]| list.iter().map(|s| Covers::one(v(s))).collect::<Vec<_>>();
     assert_eq!(validate_engines(&[], Rule::MajorMinor), Ok(()));
     assert_eq!(
         validate_engines(&vs(&["1.0.0", "1.1.0", "2.1.0"]), Rule::MajorMinor),
@@ -556,6 +558,107 @@ fn duplicate_and_overlapping_versions() {
 }
 
 #[test]
+fn engines_covering_several_versions_may_share_a_release() {
+    let covers = |list: &[&str]| Covers::new(list.iter().map(|s| v(s)).collect()).unwrap();
+    // The runner of 2.3 and the 2.2 engine of the old layout both serve 2.2: allowed.
+    assert_eq!(
+        validate_engines(
+            &[covers(&["2.2.8", "2.3.0"]), covers(&["2.2.0"])],
+            Rule::MajorMinor
+        ),
+        Ok(())
+    );
+    // Two runners of consecutive packages overlap on 2.3: allowed.
+    assert_eq!(
+        validate_engines(
+            &[covers(&["2.2.8", "2.3.0"]), covers(&["2.3.0", "2.4.0"])],
+            Rule::MajorMinor
+        ),
+        Ok(())
+    );
+    // Single-version engines are judged exactly as before, whatever runners sit beside them.
+    assert_eq!(
+        validate_engines(
+            &[
+                covers(&["2.1.0"]),
+                covers(&["2.2.8", "2.3.0"]),
+                covers(&["2.1.4"])
+            ],
+            Rule::MajorMinor
+        ),
+        Err("engines 2.1.0 and 2.1.4 are both compatible with release 2.1.x: keep one".into())
+    );
+}
+
+#[test]
+fn engine_value_with_several_versions() {
+    assert_eq!(
+        parse_engines("2.2.8,2.3.0=/usr/bin/chainflip-engine -c /etc/cf").unwrap(),
+        EngineList(vec![EngineCommand {
+            versions: vec![v("2.2.8"), v("2.3.0")],
+            command: ["/usr/bin/chainflip-engine", "-c", "/etc/cf"]
+                .map(String::from)
+                .to_vec(),
+        }])
+    );
+    let err = parse_engines("2.2.8,2.3=/usr/bin/engine").unwrap_err();
+    assert!(
+        err.contains("'2.3'") && err.contains("X.Y.Z,X.Y.Z=CMD"),
+        "{err}"
+    );
+    let err = parse_engines("2.3.0,2.3.0=/usr/bin/engine").unwrap_err();
+    assert!(err.contains("2.3.0 is listed twice"), "{err}");
+    let err = parse_engines("2.2.8,=/usr/bin/engine").unwrap_err();
+    assert!(err.contains("''"), "{err}");
+    let err = parse_engines("2.2.8,2.3.0=").unwrap_err();
+    assert!(err.contains("no program"), "{err}");
+}
+
+#[test]
+fn engine_table_with_versions() {
+    let config = resolve(
+        &[],
+        "[[engine]]\nversions = [\"2.2.8\", \"2.3.0\"]\ncommand = [\"/usr/bin/chainflip-engine\"]\n\
+         [[engine]]\nversion = \"2.1.0\"\ncommand = [\"/usr/bin/engine-2.1\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.engines,
+        vec![
+            engine(None, &["/usr/bin/chainflip-engine"]),
+            engine(Some("2.1.0"), &["/usr/bin/engine-2.1"]),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            if i == 0 {
+                e.versions = vec![v("2.2.8"), v("2.3.0")];
+            }
+            e
+        })
+        .collect::<Vec<_>>()
+    );
+    let both = resolve(
+        &[],
+        "[[engine]]\nversion = \"2.3.0\"\nversions = [\"2.2.8\", \"2.3.0\"]\ncommand = [\"/e\"]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        both.contains("not both") && both.contains("/etc/engine-shim.toml"),
+        "{both}"
+    );
+    for (text, expected) in [
+        ("versions = []", "versions is empty"),
+        ("versions = [\"2.3\"]", "'2.3' is not a version"),
+        ("versions = [\"2.3.0\", \"2.3.0\"]", "2.3.0 is listed twice"),
+    ] {
+        let err = file_error(&format!("[[engine]]\n{text}\ncommand = [\"/e\"]\n"));
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}
+
+#[test]
 fn the_readme_example_is_a_valid_config() {
     let readme = include_str!("../../../README.md");
     let example = readme
@@ -564,7 +667,8 @@ fn the_readme_example_is_a_valid_config() {
         .and_then(|rest| rest.split("```").next())
         .expect("README has a ```toml example");
     let config = RunArgs::default().merge(file(example), None).unwrap();
-    assert_eq!(config.engines.len(), 2);
+    assert_eq!(config.engines.len(), 3);
+    assert_eq!(config.engines[1].versions, [v("2.2.8"), v("2.3.0")]);
     assert_eq!(config.grace, secs(30));
 }
 
@@ -633,4 +737,28 @@ fn only_plain_websocket_node_urls_are_taken() {
         "{err}"
     );
     assert!(try_flags(&["--node", "wss://x", "--", "e"]).is_err());
+}
+
+#[test]
+fn a_config_file_can_be_read_again_under_the_same_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine-shim.toml");
+    let table = |versions: &str| {
+        format!("grace = \"20s\"\n[[engine]]\nversions = {versions}\ncommand = [\"/e\"]\n")
+    };
+    std::fs::write(&path, table(r#"["2.2.8", "2.3.0"]"#)).unwrap();
+    let config = flags(&["--config", path.to_str().unwrap(), "--grace", "5s"])
+        .resolve()
+        .unwrap();
+    let reload = config.reload.clone().expect("a config file can be re-read");
+    assert_eq!(reload.path(), path);
+
+    std::fs::write(&path, table(r#"["2.3.0", "2.4.0"]"#)).unwrap();
+    let again = reload.resolve().unwrap();
+    assert_eq!(again.engines[0].versions, [v("2.3.0"), v("2.4.0")]);
+    assert_eq!(again.grace, secs(5), "the flags still win over the file");
+
+    std::fs::write(&path, table(r#"["2.4"]"#)).unwrap();
+    assert!(reload.resolve().is_err());
+    assert!(resolve(&["--", "e"], "").unwrap().reload.is_none());
 }

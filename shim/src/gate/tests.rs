@@ -11,6 +11,11 @@ fn v(s: &str) -> SemVer {
     s.parse().unwrap()
 }
 
+/// `"1.1.0"` is an engine of one version, `"2.2.8,2.3.0"` a runner covering two.
+fn covers(list: &str) -> Covers {
+    Covers::new(list.split(',').map(v).collect()).unwrap()
+}
+
 fn block(number: u64) -> BlockRef {
     let mut hash = [0u8; 32];
     hash[..8].copy_from_slice(&number.to_be_bytes());
@@ -46,7 +51,7 @@ fn exited(engine: EngineId, uptime_secs: u64) -> Event {
 
 fn gate(engines: &[&str]) -> Gate {
     Gate::new(
-        engines.iter().map(|e| v(e)).collect(),
+        engines.iter().map(|e| covers(e)).collect(),
         Rule::MajorMinor,
         WAIT_EVERY,
         START_SECS,
@@ -298,7 +303,7 @@ fn an_engine_that_exits_before_the_follower_reaches_the_upgrade_hands_over() {
     assert_eq!(
         notices(&actions),
         [&Notice::ExitedAtUpgrade {
-            engine: v("1.0.0"),
+            engine: covers("1.0.0"),
             release: v("1.1.0"),
             block: block(3),
             status: "exit status: 0".into(),
@@ -649,6 +654,146 @@ fn hand_off_of_an_idle_instance_answers_at_once() {
     );
 }
 
+#[test]
+fn a_runner_starts_on_its_older_version_and_runs_through_the_upgrade() {
+    let mut g = gate(&["2.2.8,2.3.0"]);
+    let start = step(&mut g, at(5, "2.2.0"));
+    assert_eq!(
+        commands(start.clone()),
+        [Action::Start {
+            engine: 0,
+            block: block(5)
+        }]
+    );
+    assert!(
+        matches!(notices(&start)[..], [Notice::Starting { engine, .. }] if *engine == covers("2.2.8,2.3.0"))
+    );
+    // The runner switches inside its own process: nothing for the shim to do at 2.3.
+    assert_eq!(step(&mut g, at(6, "2.3.0")), []);
+    let stop = step(&mut g, at(7, "2.4.0"));
+    assert_eq!(commands(stop.clone()), [Action::Stop { engine: 0 }]);
+    assert_eq!(
+        notices(&stop),
+        [&Notice::NoLongerCompatible {
+            engine: v("2.3.0"),
+            release: v("2.4.0"),
+            block: block(7)
+        }]
+    );
+    let idle = step(&mut g, exited(0, 60));
+    assert!(notices(&idle).contains(&&Notice::NoCompatibleEngine {
+        release: v("2.4.0"),
+        block: block(7),
+        installed: vec![v("2.2.8"), v("2.3.0")],
+    }));
+}
+
+#[test]
+fn a_runner_waits_on_its_oldest_version() {
+    let mut g = gate(&["2.3.0,2.4.0"]);
+    let actions = step(&mut g, at(5, "2.2.0"));
+    assert!(notices(&actions).contains(&&Notice::Waiting {
+        engine: v("2.3.0"),
+        release: v("2.2.0"),
+        block: block(5)
+    }));
+}
+
+#[test]
+fn a_running_compatible_engine_keeps_running_when_another_becomes_compatible() {
+    let mut g = gate(&["2.2.8,2.3.0", "2.3.0,2.4.0"]);
+    assert_eq!(
+        commands(step(&mut g, at(5, "2.2.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(5)
+        }]
+    );
+    // Both cover 2.3: no hand-over between two compatible engines.
+    assert_eq!(step(&mut g, at(6, "2.3.0")), []);
+    assert_eq!(
+        commands(step(&mut g, at(7, "2.4.0"))),
+        [Action::Stop { engine: 0 }]
+    );
+    assert_eq!(
+        commands(step(&mut g, exited(0, 60))),
+        [Action::Start {
+            engine: 1,
+            block: block(7)
+        }]
+    );
+}
+
+#[test]
+fn of_several_compatible_engines_the_highest_newest_version_starts() {
+    let engines = ["2.2.8,2.3.0", "2.3.0,2.4.0", "2.3.1"].map(covers);
+    let rule = Rule::MajorMinor;
+    assert_eq!(pick_engine(&engines, rule, v("2.3.0"), None), Some(1));
+    assert_eq!(pick_engine(&engines, rule, v("2.3.0"), Some(2)), Some(2));
+    assert_eq!(pick_engine(&engines, rule, v("2.2.0"), Some(1)), Some(0));
+    assert_eq!(pick_engine(&engines, rule, v("2.5.0"), Some(1)), None);
+    // A tie goes to the engine given first.
+    let twins = ["2.2.8,2.3.0", "2.3.0"].map(covers);
+    assert_eq!(pick_engine(&twins, rule, v("2.3.0"), None), Some(0));
+    // Idle at 2.3 with both installed: the newer runner starts.
+    let mut g = gate(&["2.2.8,2.3.0", "2.3.0,2.4.0"]);
+    assert_eq!(
+        commands(step(&mut g, at(5, "2.3.0"))),
+        [Action::Start {
+            engine: 1,
+            block: block(5)
+        }]
+    );
+}
+
+fn replaced(engine: EngineId, list: &str) -> Event {
+    Event::EngineReplaced {
+        engine,
+        covers: covers(list),
+    }
+}
+
+#[test]
+fn an_idle_shim_starts_a_program_replaced_in_place_without_waiting_for_a_block() {
+    let mut g = gate(&["2.2.8,2.3.0"]);
+    step(&mut g, at(5, "2.4.0"));
+    assert_eq!(
+        commands(step(&mut g, replaced(0, "2.3.0,2.4.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(5)
+        }]
+    );
+}
+
+#[test]
+fn a_running_engine_replaced_in_place_keeps_running_until_its_next_start() {
+    let mut g = gate(&["2.2.8,2.3.0"]);
+    step(&mut g, at(5, "2.3.0"));
+    // The new program covers 2.4 too, but the running process is the old one: nothing happens.
+    assert_eq!(step(&mut g, replaced(0, "2.3.0,2.4.0")), []);
+    assert_eq!(step(&mut g, at(6, "2.3.0")), []);
+    // At 2.4 the old process is no longer compatible: it stops, and the new program starts.
+    assert_eq!(
+        commands(step(&mut g, at(7, "2.4.0"))),
+        [Action::Stop { engine: 0 }]
+    );
+    assert_eq!(
+        commands(step(&mut g, exited(0, 60))),
+        [Action::Start {
+            engine: 0,
+            block: block(7)
+        }]
+    );
+}
+
+#[test]
+fn a_replacement_that_changes_nothing_does_nothing() {
+    let mut g = gate(&["1.1.0"]);
+    step(&mut g, at(5, "1.0.0"));
+    assert_eq!(step(&mut g, replaced(0, "1.1.0")), []);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model check: one or two shims (processes), each with its own gate and engines, sharing one chain
 // and one lock, under random interleavings of blocks, crashes, stop completions, restart timers,
@@ -657,7 +802,7 @@ fn hand_off_of_an_idle_instance_answers_at_once() {
 /// One shim process as the outside world sees it.
 struct Shim {
     gate: Gate,
-    engines: Vec<SemVer>,
+    engines: Vec<Covers>,
     /// Next chain block this shim will see (each shim follows the chain at its own pace).
     cursor: usize,
     last_known: Option<SemVer>,
@@ -672,6 +817,8 @@ struct Shim {
     standby_pending: bool,
     /// The gate asked for the release at the finalized head for this engine; no answer yet.
     head_check: Option<EngineId>,
+    /// What a replaced engine covers once its live child (the old program) is gone.
+    replaced: Vec<Option<Covers>>,
 }
 
 /// The shared world: the chain and the lock (FIFO waiters, like flock's wake-up).
@@ -696,6 +843,8 @@ enum Op {
     StandbyOver(usize),
     /// The node answers a head check: with the chain's head (true) or with an error (false).
     HeadAnswers(usize, bool),
+    /// Shim, engine, and the index in [`ENGINES`] of what its program covers after an upgrade.
+    Replace(usize, usize, usize),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -711,22 +860,35 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0usize..2).prop_map(Op::HandOff),
         2 => (0usize..2).prop_map(Op::StandbyOver),
         3 => (0usize..2, proptest::bool::weighted(0.8)).prop_map(|(s, ok)| Op::HeadAnswers(s, ok)),
+        1 => (0usize..2, 0usize..3, 0..ENGINES.len()).prop_map(|(s, e, k)| Op::Replace(s, e, k)),
     ]
 }
 
-const VERSIONS: [&str; 4] = ["1.0.0", "1.1.0", "1.2.0", "2.0.0"];
+/// Engines of one version each (never two sharing a release, as the config demands) and runners
+/// covering two consecutive versions, which overlap them and each other.
+const ENGINES: [&str; 7] = [
+    "1.0.0",
+    "1.1.0",
+    "1.2.0",
+    "2.0.0",
+    "1.0.0,1.1.0",
+    "1.1.0,1.2.0",
+    "1.2.0,2.0.0",
+];
 
-fn engines_strategy() -> impl Strategy<Value = Vec<SemVer>> {
-    proptest::sample::subsequence(VERSIONS.to_vec(), 1..=3)
-        .prop_map(|list| list.into_iter().map(v).collect())
+fn engines_strategy() -> impl Strategy<Value = Vec<Covers>> {
+    proptest::sample::subsequence(ENGINES.to_vec(), 1..=3)
+        .prop_shuffle()
+        .prop_map(|list| list.into_iter().map(covers).collect())
 }
 
 impl World {
-    fn new(engine_sets: Vec<Vec<SemVer>>) -> Self {
+    fn new(engine_sets: Vec<Vec<Covers>>) -> Self {
         let shims = engine_sets
             .into_iter()
             .map(|engines| Shim {
                 gate: Gate::new(engines.clone(), Rule::MajorMinor, WAIT_EVERY, START_SECS),
+                replaced: vec![None; engines.len()],
                 engines,
                 cursor: 0,
                 last_known: None,
@@ -749,8 +911,23 @@ impl World {
     }
 
     fn feed(&mut self, s: usize, event: Event) {
+        let release = match &event {
+            Event::Block {
+                release: Ok(release),
+                ..
+            } => Some(*release),
+            _ => None,
+        };
         let actions = self.shims[s].gate.step(event);
         for action in actions {
+            if let (Action::Stop { engine }, Some(release)) = (&action, release) {
+                // No hand-over between two compatible engines: a block stops only what it must.
+                assert_ne!(
+                    self.shims[s].engines[*engine].compare(Rule::MajorMinor, release),
+                    Compatibility::Compatible,
+                    "a block stopped an engine still compatible with {release}"
+                );
+            }
             self.apply(s, action);
         }
         self.check_invariants();
@@ -771,7 +948,7 @@ impl World {
                 );
                 let release = shim.last_known.expect("started without a known release");
                 assert_eq!(
-                    Rule::MajorMinor.compare(shim.engines[engine], release),
+                    shim.engines[engine].compare(Rule::MajorMinor, release),
                     Compatibility::Compatible,
                     "started an engine incompatible with the last known release"
                 );
@@ -862,6 +1039,9 @@ impl World {
                 };
                 if let (Some(engine), false) = (shim.alive, shim.stop_requested) {
                     shim.alive = None;
+                    if let Some(covers) = shim.replaced[engine].take() {
+                        shim.engines[engine] = covers;
+                    }
                     let status = "signal: 9".to_string();
                     let uptime = Duration::from_secs(uptime);
                     self.feed(
@@ -928,6 +1108,28 @@ impl World {
                 };
                 self.feed(s, Event::HeadRelease { engine, answer });
             }
+            Op::Replace(s, engine, k) => {
+                let Some(shim) = self.shims.get_mut(s).filter(|sh| !sh.exited) else {
+                    return;
+                };
+                if engine >= shim.engines.len() {
+                    return;
+                }
+                let new = covers(ENGINES[k]);
+                if shim.alive == Some(engine) {
+                    shim.replaced[engine] = Some(new.clone());
+                } else {
+                    shim.replaced[engine] = None;
+                    shim.engines[engine] = new.clone();
+                }
+                self.feed(
+                    s,
+                    Event::EngineReplaced {
+                        engine,
+                        covers: new,
+                    },
+                );
+            }
             Op::Shutdown(s) => {
                 if let Some(shim) = self.shims.get_mut(s).filter(|sh| !sh.exited) {
                     shim.shutting_down = true;
@@ -967,6 +1169,9 @@ impl World {
         if let (Some(engine), true) = (shim.alive, shim.stop_requested) {
             shim.alive = None;
             shim.stop_requested = false;
+            if let Some(covers) = shim.replaced[engine].take() {
+                shim.engines[engine] = covers;
+            }
             if std::mem::take(&mut shim.lost) {
                 // The fenced engine is dead: only now may the lock pass to someone else.
                 self.holder = None;
@@ -1018,7 +1223,7 @@ proptest! {
                 s.engines
                     .iter()
                     .enumerate()
-                    .filter(|(_, e)| Rule::MajorMinor.compare(**e, release) == Compatibility::Compatible)
+                    .filter(|(_, e)| e.compare(Rule::MajorMinor, release) == Compatibility::Compatible)
                     .map(move |(e, _)| (i, e))
             })
             .collect();
