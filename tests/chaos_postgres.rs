@@ -630,13 +630,25 @@ impl Run<'_> {
         // its parent cannot reap, so the list stays true until the thaw.
         freeze(&[shim_pid]);
         wait_until("the host's shim to be stopped", || is_stopped(shim_pid)).await;
-        // Guardians and engines alike: a host pause stops every process.
-        let children = descendants_of(shim_pid);
-        signal_children(&children, Signal::STOP);
-        wait_until("the host's engines to be stopped", || {
-            children.iter().all(|&pid| is_stopped(pid) || is_gone(pid))
-        })
-        .await;
+        // Guardians and engines alike: a host pause stops every process. A guardian the shim
+        // started just before it stopped may still be starting its engine: stop what is there,
+        // look again, until nothing new appears (a stopped guardian forks nothing more).
+        let mut children: Vec<u32> = Vec::new();
+        loop {
+            let found: Vec<u32> = descendants_of(shim_pid)
+                .into_iter()
+                .filter(|pid| !children.contains(pid))
+                .collect();
+            if found.is_empty() {
+                break;
+            }
+            signal_children(&found, Signal::STOP);
+            wait_until("the host's engines to be stopped", || {
+                found.iter().all(|&pid| is_stopped(pid) || is_gone(pid))
+            })
+            .await;
+            children.extend(found);
+        }
         note(
             &self.trace,
             format!("  froze host {n}: shim pid {shim_pid}, children {children:?}"),
