@@ -196,6 +196,15 @@ enum Job {
     Retired(EngineId),
 }
 
+/// How the last child that exited on its own went, for the decision and the crash line.
+#[derive(Debug, Clone)]
+struct LastExit {
+    uptime: Duration,
+    status: String,
+    /// What the exited program covered (a replacement on disk may cover more by now).
+    covered: Covers,
+}
+
 /// Where the gate stands with the lock. A live child always implies `Held`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LockState {
@@ -247,7 +256,7 @@ pub struct Gate {
     /// Number of the latest block acted on: finality only moves forward.
     last_block: Option<u64>,
     /// How the last child that exited on its own went (uptime, status), for the crash line.
-    last_exit: Option<(Duration, String)>,
+    last_exit: Option<LastExit>,
     /// What a replaced engine covers now, kept until its live child (the old program) is gone.
     replaced: Vec<Option<Covers>>,
 }
@@ -450,13 +459,14 @@ impl Gate {
                 self.job = Job::Idle;
                 self.start_or_wait(release_changed || target_changed, false, actions);
             }
-            Job::ExitCheck(engine) if Some(engine) != target => {
+            Job::ExitCheck(engine) if self.exited_program_left(engine, target, version) => {
                 // The follower reached the upgrade before the head was read: the answer is in.
-                self.exited_at_upgrade(engine, version, block, actions);
+                let covered = self.exited_covers(engine);
+                self.exited_at_upgrade(covered, version, block, actions);
                 self.job = Job::Idle;
                 self.start_or_wait(true, true, actions);
             }
-            Job::Retired(engine) if Some(engine) != target => {
+            Job::Retired(engine) if self.exited_program_left(engine, target, version) => {
                 // The upgrade block the retired engine left at: the hand-over completes here.
                 self.job = Job::Idle;
                 self.start_or_wait(true, true, actions);
@@ -659,7 +669,11 @@ impl Gate {
             Job::Running(running) if running == engine => {
                 // Not asked to stop: an upgrade the follower has not reached yet, or a crash.
                 // Only the release at the latest finalized head tells them apart.
-                self.last_exit = Some((uptime, status));
+                self.last_exit = Some(LastExit {
+                    uptime,
+                    status,
+                    covered: self.engines[engine].clone(),
+                });
                 self.job = Job::ExitCheck(engine);
                 // The old program is gone: a replacement on disk counts from now on.
                 self.take_replacement(engine);
@@ -692,9 +706,17 @@ impl Gate {
             // A late answer for a question the follower already settled.
             _ => return,
         };
+        // An exit is judged by what the exited program covered, even if a replacement on disk
+        // has been taken since; a due restart by what would be started now.
+        let judged = match (&self.last_exit, checking_exit) {
+            (Some(exit), true) => exit.covered.clone(),
+            _ => self.engines[engine].clone(),
+        };
         let fits = match answer {
-            Ok((block, release)) if !self.is_compatible(engine, release) => {
-                self.exited_at_upgrade(engine, release, block, actions);
+            Ok((block, release))
+                if judged.compare(self.rule, release) != Compatibility::Compatible =>
+            {
+                self.exited_at_upgrade(judged, release, block, actions);
                 // Kept after an exit (held for the hand-over), already given back after a crash.
                 self.job = Job::Retired(engine);
                 return;
@@ -704,7 +726,11 @@ impl Gate {
         };
         match (checking_exit, fits) {
             (true, fits) => {
-                let (uptime, status) = self.last_exit.clone().unwrap_or_default();
+                let (uptime, status) = self
+                    .last_exit
+                    .as_ref()
+                    .map(|exit| (exit.uptime, exit.status.clone()))
+                    .unwrap_or_default();
                 let restart_in = self.backoff[engine].next_delay(uptime);
                 actions.push(Action::Notify(Notice::Crashed {
                     engine: self.engines[engine].clone(),
@@ -748,14 +774,31 @@ impl Gate {
         }
     }
 
-    /// Whether anything `engine` covers is compatible with `release`.
-    fn is_compatible(&self, engine: EngineId, release: SemVer) -> bool {
-        self.engines[engine].compare(self.rule, release) == Compatibility::Compatible
+    /// What the program of `engine` that last exited on its own covered (what it covers now if
+    /// none did).
+    fn exited_covers(&self, engine: EngineId) -> Covers {
+        match &self.last_exit {
+            Some(exit) => exit.covered.clone(),
+            None => self.engines[engine].clone(),
+        }
+    }
+
+    /// Whether the chain at `release` has left the program of `engine` that exited on its own:
+    /// another engine is the target, or the exited program covers nothing compatible (the target
+    /// may still be `engine` itself, when its replacement on disk covers the new release).
+    fn exited_program_left(
+        &self,
+        engine: EngineId,
+        target: Option<EngineId>,
+        release: SemVer,
+    ) -> bool {
+        Some(engine) != target
+            || self.exited_covers(engine).compare(self.rule, release) != Compatibility::Compatible
     }
 
     fn exited_at_upgrade(
         &self,
-        engine: EngineId,
+        covered: Covers,
         release: SemVer,
         block: BlockRef,
         actions: &mut Vec<Action>,
@@ -763,10 +806,10 @@ impl Gate {
         let status = self
             .last_exit
             .as_ref()
-            .map(|(_, status)| status.clone())
+            .map(|exit| exit.status.clone())
             .unwrap_or_default();
         actions.push(Action::Notify(Notice::ExitedAtUpgrade {
-            engine: self.engines[engine].clone(),
+            engine: covered,
             release,
             block,
             status,

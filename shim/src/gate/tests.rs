@@ -788,6 +788,59 @@ fn a_running_engine_replaced_in_place_keeps_running_until_its_next_start() {
 }
 
 #[test]
+fn a_runner_exiting_at_the_upgrade_after_its_replacement_was_installed_is_a_hand_over_not_a_crash()
+{
+    let mut g = gate(&["2.2.8,2.3.0"]);
+    step(&mut g, at(5, "2.3.0"));
+    // The next package is installed while the old runner runs; the runner then leaves at 2.4,
+    // before this shim has seen the 2.4 block.
+    assert_eq!(step(&mut g, replaced(0, "2.3.0,2.4.0")), []);
+    assert_eq!(
+        commands(step(&mut g, exited(0, 60))),
+        [Action::CheckHead { engine: 0 }]
+    );
+    // Judged by what the exited runner covered (2.2.8, 2.3.0), not by the new package.
+    let actions = step(&mut g, head(0, 7, "2.4.0"));
+    assert_eq!(
+        notices(&actions),
+        [&Notice::ExitedAtUpgrade {
+            engine: covers("2.2.8,2.3.0"),
+            release: v("2.4.0"),
+            block: block(7),
+            status: "exit status: 0".into(),
+        }]
+    );
+    assert_eq!(commands(actions), []);
+    // The new package starts at the upgrade block, once the follower reaches it.
+    assert_eq!(commands(step(&mut g, at(6, "2.3.0"))), []);
+    assert_eq!(
+        commands(step(&mut g, at(7, "2.4.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(7)
+        }]
+    );
+}
+
+#[test]
+fn a_runner_exiting_after_its_replacement_was_installed_is_settled_by_the_follower_too() {
+    let mut g = gate(&["2.2.8,2.3.0"]);
+    step(&mut g, at(5, "2.3.0"));
+    step(&mut g, replaced(0, "2.3.0,2.4.0"));
+    step(&mut g, exited(0, 60));
+    // The follower reaches the upgrade block before the head answer: the new package starts.
+    assert_eq!(
+        commands(step(&mut g, at(6, "2.4.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(6)
+        }]
+    );
+    // The late answer changes nothing.
+    assert_eq!(commands(step(&mut g, head(0, 6, "2.4.0"))), []);
+}
+
+#[test]
 fn a_replacement_that_changes_nothing_does_nothing() {
     let mut g = gate(&["1.1.0"]);
     step(&mut g, at(5, "1.0.0"));
