@@ -423,6 +423,11 @@ impl Gate {
         let release_changed = self.known.is_none_or(|known| known.version != version);
         let (since, upgrade_pending) = match self.known {
             Some(known) if !target_changed => (known.since, known.upgrade_pending),
+            // An engine for this release only now (installed or replaced while nothing could
+            // run): nobody has processed the blocks since the release began, so it starts there.
+            Some(known) if known.target.is_none() && !release_changed => {
+                (known.since, known.upgrade_pending)
+            }
             // A change of target after a known release is an upgrade (or a move back).
             Some(_) => (block, true),
             // The first release this shim learns: a fresh start, from the present.

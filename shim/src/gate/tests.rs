@@ -841,6 +841,24 @@ fn a_runner_exiting_after_its_replacement_was_installed_is_settled_by_the_follow
 }
 
 #[test]
+fn an_engine_installed_while_nothing_could_run_starts_at_the_upgrade_block() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(5, "1.0.0"));
+    step(&mut g, at(10, "1.1.0"));
+    step(&mut g, exited(0, 60));
+    // Nothing covers 1.1 until the 1.1 package is installed at block 15: the blocks since the
+    // upgrade (#10) were processed by nobody, so the new engine starts there.
+    step(&mut g, at(15, "1.1.0"));
+    assert_eq!(
+        commands(step(&mut g, replaced(0, "1.1.0"))),
+        [Action::Start {
+            engine: 0,
+            block: block(10)
+        }]
+    );
+}
+
+#[test]
 fn a_replacement_that_changes_nothing_does_nothing() {
     let mut g = gate(&["1.1.0"]);
     step(&mut g, at(5, "1.0.0"));
