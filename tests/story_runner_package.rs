@@ -134,6 +134,7 @@ async fn runner_through_two_upgrades_with_the_next_package_installed_in_place() 
 
     // `apt install` of the next package while idling: the same shim picks it up.
     prefix.install(&["2.3.0", "2.4.0"]);
+    let installed_at = std::time::Instant::now();
     shim.wait_message(
         idle,
         &[&format!(
@@ -142,6 +143,10 @@ async fn runner_through_two_upgrades_with_the_next_package_installed_in_place() 
     )
     .await;
     let next = host.wait_event("start", "2.4.0", 1).await;
+    eprintln!(
+        "measured: the next package started {:?} after its install",
+        installed_at.elapsed()
+    );
     assert_ne!(next.pid, runner.pid);
     assert_eq!(next.raw["covers"], serde_json::json!(["2.3.0", "2.4.0"]));
     assert_eq!(
