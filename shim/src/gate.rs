@@ -314,6 +314,19 @@ impl Gate {
         self.known.and_then(|known| known.target)
     }
 
+    /// The last known release while no installed engine covers it and some engine is behind it:
+    /// the state of the "install a X.Y.x engine" line, which the shell turns into a gauge
+    /// operators alert on. Every engine being ahead of the release is the normal wait before an
+    /// upgrade, not a missing engine.
+    pub fn missing_engine(&self) -> Option<SemVer> {
+        let known = self.known?;
+        let behind = self
+            .engines
+            .iter()
+            .any(|covers| covers.oldest() <= known.version);
+        (known.target.is_none() && behind).then_some(known.version)
+    }
+
     /// How long a child must stay up before its crash back-off resets.
     pub fn start_secs(&self) -> Duration {
         self.start_secs

@@ -32,6 +32,7 @@ struct State {
     engine_starts: u64,
     fences: u64,
     hand_offs: u64,
+    no_compatible_engine: bool,
 }
 
 impl Metrics {
@@ -79,6 +80,12 @@ impl Metrics {
         self.with(|s| s.hand_offs += 1);
     }
 
+    /// Whether the release is known and no installed engine covers it (the "install a X.Y.x
+    /// engine" state): an idle shim has no other sign an alert could catch.
+    pub fn no_compatible_engine(&self, missing: bool) {
+        self.with(|s| s.no_compatible_engine = missing);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.with(|s| {
@@ -124,6 +131,11 @@ impl Metrics {
                 "engine_shim_hand_offs_total",
                 "Completed hand-offs.",
                 s.hand_offs.to_string(),
+            );
+            gauge(
+                "engine_shim_no_compatible_engine",
+                "1 while the release is known and no installed engine covers it (install the next engine); 0 otherwise, also while every engine waits for an upgrade.",
+                u8::from(s.no_compatible_engine).to_string(),
             );
             let dropped = "engine_shim_log_lines_dropped_total";
             let _ = write!(
@@ -310,6 +322,26 @@ mod tests {
             text.contains("engine_shim_release_info{version=\"1.1.0\"} 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn renders_the_no_compatible_engine_gauge() {
+        let metrics = Metrics::default();
+        let gauge = |metrics: &Metrics| {
+            metrics
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("engine_shim_no_compatible_engine "))
+                .map(str::to_string)
+        };
+        assert_eq!(gauge(&metrics).as_deref(), Some("0"));
+        metrics.no_compatible_engine(true);
+        assert_eq!(gauge(&metrics).as_deref(), Some("1"));
+        metrics.no_compatible_engine(false);
+        assert_eq!(gauge(&metrics).as_deref(), Some("0"));
+        assert!(metrics
+            .render()
+            .contains("# TYPE engine_shim_no_compatible_engine gauge\n"));
     }
 
     #[test]

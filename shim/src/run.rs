@@ -666,6 +666,8 @@ impl Shell {
                 }
             }
         }
+        self.metrics
+            .no_compatible_engine(self.gate.missing_engine().is_some());
         false
     }
 

@@ -14,6 +14,7 @@ pub mod chaos;
 pub mod failover;
 pub mod package;
 pub mod pg;
+pub mod scrape;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};

@@ -753,6 +753,35 @@ fn replaced(engine: EngineId, list: &str) -> Event {
     }
 }
 
+/// The gauge behind `engine_shim_no_compatible_engine`: set while the release has left every
+/// installed engine, not while the engines wait for an upgrade, and cleared once an engine
+/// covering the release is installed.
+#[test]
+fn an_engine_is_missing_only_while_the_release_has_left_every_installed_one() {
+    let mut g = gate(&["2.2.8,2.3.0"]);
+    assert_eq!(g.missing_engine(), None, "no release known yet");
+    step(&mut g, at(1, "2.1.0"));
+    assert_eq!(g.missing_engine(), None, "waiting for the upgrade");
+    step(&mut g, at(2, "2.2.0"));
+    assert_eq!(g.missing_engine(), None, "the runner runs");
+    step(&mut g, at(3, "2.4.0"));
+    assert_eq!(
+        g.missing_engine(),
+        Some(v("2.4.0")),
+        "while the runner stops"
+    );
+    step(&mut g, exited(0, 20));
+    assert_eq!(g.missing_engine(), Some(v("2.4.0")), "idle on 2.4");
+    step(&mut g, bad(4, ReleaseError::Absent));
+    assert_eq!(
+        g.missing_engine(),
+        Some(v("2.4.0")),
+        "an unreadable block changes nothing"
+    );
+    step(&mut g, replaced(0, "2.3.0,2.4.0"));
+    assert_eq!(g.missing_engine(), None, "the next package is installed");
+}
+
 #[test]
 fn an_idle_shim_starts_a_program_replaced_in_place_without_waiting_for_a_block() {
     let mut g = gate(&["2.2.8,2.3.0"]);
