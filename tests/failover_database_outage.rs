@@ -10,7 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::failover::{
-    engines_of, ms_between, nanos, sample_alive_for, wait_gone_at, wait_started_by, Mode, PgLock,
+    engines_of, ms_between, nanos, sample_alive_for, wait_gone_at, wait_started_by,
+    wait_started_by_one_of, Mode, PgLock,
 };
 use common::{pg, unix_nanos_now, Host, Node};
 
@@ -114,12 +115,10 @@ async fn database_outage(mode: Mode) {
         "{mode}: an engine ran again {:.1} ms after the database was back",
         ms_between(second.unix_nanos(), back_at)
     );
-    let (winner, loser) = if engines_of(&primary).contains(&second.pid) {
-        (&primary, &secondary)
-    } else {
-        (&secondary, &primary)
+    let loser = match wait_started_by_one_of(&[&primary, &secondary], second.pid).await {
+        0 => &secondary,
+        _ => &primary,
     };
-    wait_started_by(winner, second.pid).await;
     // A full lease and a renew later, still exactly that one, and the other has not started one.
     let after = sample_alive_for(&host, lock.lease + lock.renew).await;
     assert!(

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use common::failover::{
     assert_epochs_grow, engines_of, freeze, is_stopped, lock_epoch, ms_between, nanos,
-    sample_alive_for, thaw, wait_gone_at, wait_started_by, LeaseWatch, Mode, PgLock,
+    sample_alive_for, thaw, wait_gone_at, wait_started_by, wait_started_by_one_of, LeaseWatch,
+    Mode, PgLock,
 };
 use common::{describe_events, pg, unix_nanos_now, wait_until, Host, Node};
 
@@ -142,10 +143,7 @@ async fn lease_frozen_holder_is_taken_over_after_its_lease_and_fences_on_resume(
         .nth(1)
         .unwrap()
         .clone();
-    assert!(
-        engines_of(&primary).contains(&running.pid)
-            || engines_of(&secondary).contains(&running.pid)
-    );
+    wait_started_by_one_of(&[&primary, &secondary], running.pid).await;
     let after = sample_alive_for(&host, lock.lease + lock.renew).await;
     assert!(
         after

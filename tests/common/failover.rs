@@ -216,6 +216,19 @@ pub fn engines_of(shim: &Shim) -> Vec<u32> {
         .collect()
 }
 
+/// Waits until one of `shims` says it started the engine with this pid (the engine's own `start`
+/// event can come before that line: the shim logs it once the guardian has reported the pid);
+/// returns that shim's index.
+pub async fn wait_started_by_one_of(shims: &[&Shim], pid: u32) -> usize {
+    let mut found = None;
+    super::wait_until(&format!("a shim to say it started pid {pid}"), || {
+        found = shims.iter().position(|s| engines_of(s).contains(&pid));
+        found.is_some()
+    })
+    .await;
+    found.expect("found once the wait is over")
+}
+
 /// Waits until `shim` says it started the engine with this pid.
 pub async fn wait_started_by(shim: &Shim, pid: u32) {
     let needle = format!("started (pid {pid})");
