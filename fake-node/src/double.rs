@@ -185,15 +185,7 @@ impl Double {
     ) -> Vec<Action> {
         match self.rule.compare(new, release) {
             Compatibility::Compatible => self.start(new, block),
-            Compatibility::NoLongerCompatible => self.exit(
-                vec![
-                    Action::Print(new_exited_first(NO_LONGER_COMPATIBLE, block.number)),
-                    Action::PrintErr(format!("Error: {UPDATE_YOUR_CFE}")),
-                ],
-                new,
-                block,
-                release,
-            ),
+            Compatibility::NoLongerCompatible => self.new_outgrown(new, block, release),
             Compatibility::NotYetCompatible => {
                 let mut actions = fall_back_to_old(old, new);
                 actions.extend(self.runner_old_first(old, new, block, release));
@@ -244,6 +236,19 @@ impl Double {
             Compatibility::NoLongerCompatible => self.switch_to_new(old, new, block, release),
             Compatibility::NotYetCompatible => self.old_refused(old, block, release),
         }
+    }
+
+    /// New, on its first run, is already older than the release: the runner asks for an update.
+    fn new_outgrown(&mut self, new: SemVer, block: BlockRef, release: SemVer) -> Vec<Action> {
+        self.exit(
+            vec![
+                Action::Print(new_exited_first(NO_LONGER_COMPATIBLE, block.number)),
+                Action::PrintErr(format!("Error: {UPDATE_YOUR_CFE}")),
+            ],
+            new,
+            block,
+            release,
+        )
     }
 
     /// Old answered "not yet compatible": the runner has no version for this release and exits.
@@ -326,15 +331,7 @@ impl Double {
                 block,
                 release,
             ),
-            Compatibility::NoLongerCompatible => self.exit(
-                vec![
-                    Action::Print(new_exited_first(NO_LONGER_COMPATIBLE, block.number)),
-                    Action::PrintErr(format!("Error: {UPDATE_YOUR_CFE}")),
-                ],
-                new,
-                block,
-                release,
-            ),
+            Compatibility::NoLongerCompatible => self.new_outgrown(new, block, release),
             Compatibility::NotYetCompatible if switched => self.exit(
                 vec![new_exited_after_switch(NOT_YET_COMPATIBLE, 0)],
                 new,
