@@ -16,6 +16,7 @@ pub mod fault;
 mod net;
 pub mod node;
 mod rpc;
+pub mod runtime;
 pub mod scenario;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
