@@ -17,6 +17,7 @@
 //!   several blocks at once. Each move is recorded, so subscribers see exactly one notification
 //!   per move, skipping the blocks in between, like a real node's finalized stream.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
 use engine_shim::block::{BlockHash, BlockRef};
 use parity_scale_codec::{Compact, Encode};
+
+use crate::system_storage::SystemItem;
 
 /// Storage as the chain holds it: raw keys to raw values, sorted (so encoding is canonical).
 pub type StorageMap = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -309,9 +312,23 @@ impl Chain {
 
     /// The value under `key` at block `number`: `None` if the block does not exist,
     /// `Some(None)` if the key has no value there.
-    pub fn storage_at(&self, number: u64, key: &[u8]) -> Option<Option<&[u8]>> {
+    ///
+    /// `System::Number`, `ParentHash` and `BlockHash` are computed here from the block (see
+    /// [`crate::system_storage`]); they win over any stored value under the same key, as a real
+    /// runtime rewrites them in every block.
+    pub fn storage_at(&self, number: u64, key: &[u8]) -> Option<Option<Cow<'_, [u8]>>> {
         let block = self.blocks.get(usize::try_from(number).ok()?)?;
-        Some(block.state.storage.get(key).map(Vec::as_slice))
+        if let Some(item) = SystemItem::from_key(key) {
+            let value = item.value_at(number, |n| self.blocks[n as usize].hash);
+            return Some(value.map(Cow::Owned));
+        }
+        Some(
+            block
+                .state
+                .storage
+                .get(key)
+                .map(|v| Cow::Borrowed(v.as_slice())),
+        )
     }
 
     /// The runtime's specVersion at block `number`.
@@ -396,15 +413,15 @@ mod tests {
         let mut c = chain(0);
         build(&mut c, 2);
         c.set_storage([(KEY.to_vec(), Some(vec![1, 1, 0]))]);
-        assert_eq!(c.storage_at(2, KEY), Some(Some(&[1, 0, 0][..])));
+        assert_eq!(c.storage_at(2, KEY), Some(Some(Cow::from(&[1, 0, 0][..]))));
         build(&mut c, 1);
-        assert_eq!(c.storage_at(2, KEY), Some(Some(&[1, 0, 0][..])));
-        assert_eq!(c.storage_at(3, KEY), Some(Some(&[1, 1, 0][..])));
+        assert_eq!(c.storage_at(2, KEY), Some(Some(Cow::from(&[1, 0, 0][..]))));
+        assert_eq!(c.storage_at(3, KEY), Some(Some(Cow::from(&[1, 1, 0][..]))));
         c.set_storage([(KEY.to_vec(), None)]);
         build(&mut c, 1);
         assert_eq!(c.storage_at(4, KEY), Some(None));
-        assert_eq!(c.storage_at(3, KEY), Some(Some(&[1, 1, 0][..])));
-        assert_eq!(c.storage_at(0, KEY), Some(Some(&[1, 0, 0][..])));
+        assert_eq!(c.storage_at(3, KEY), Some(Some(Cow::from(&[1, 1, 0][..]))));
+        assert_eq!(c.storage_at(0, KEY), Some(Some(Cow::from(&[1, 0, 0][..]))));
     }
 
     #[test]
@@ -494,6 +511,39 @@ mod tests {
             })
         );
         assert_eq!(c.finalized().number, 3);
+    }
+
+    #[test]
+    fn system_items_read_as_the_runtime_wrote_them_without_changing_hashes() {
+        let mut c = chain(0);
+        let before = {
+            let mut plain = chain(0);
+            build(&mut plain, 3)
+        };
+        build(&mut c, 3);
+        assert_eq!(
+            c.best(),
+            before,
+            "computed items leave stateRoot and hashes alone"
+        );
+        let number = SystemItem::Number.key();
+        let parent = SystemItem::ParentHash.key();
+        assert_eq!(
+            c.storage_at(3, &number).unwrap().as_deref(),
+            Some(&[3, 0, 0, 0][..])
+        );
+        assert_eq!(c.storage_at(0, &number), Some(None));
+        assert_eq!(
+            c.storage_at(3, &parent).unwrap().as_deref(),
+            Some(&c.hash_of(2).unwrap().0[..])
+        );
+        let genesis_entry = SystemItem::BlockHash(0).key();
+        assert_eq!(
+            c.storage_at(2, &genesis_entry).unwrap().as_deref(),
+            Some(&c.hash_of(0).unwrap().0[..])
+        );
+        assert_eq!(c.storage_at(2, &SystemItem::BlockHash(2).key()), Some(None));
+        assert_eq!(c.storage_at(4, &number), None, "unknown block");
     }
 
     #[test]

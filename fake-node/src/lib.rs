@@ -13,11 +13,14 @@
 pub mod chain;
 pub mod double;
 pub mod fault;
+pub mod metadata;
 mod net;
 pub mod node;
+pub mod preset;
 mod rpc;
 pub mod runtime;
 pub mod scenario;
+pub mod system_storage;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -32,6 +35,7 @@ use tokio::task::JoinHandle;
 pub use chain::{Header, StorageChange};
 pub use fault::FaultMode;
 pub use node::Status;
+pub use preset::ChainPreset;
 pub use rpc::{MAX_BLOCKS_PER_CALL, NODE_NAME};
 pub use scenario::{Scenario, Step};
 
@@ -59,6 +63,11 @@ pub struct FakeNodeConfig {
     pub finality_lag: u64,
     /// Scripted steps (from a scenario).
     pub steps: Vec<Step>,
+    /// The chain identity to present (`--chain`).
+    pub chain: ChainPreset,
+    /// A real chain's metadata to serve instead of fake-node's own (`--metadata`); load it with
+    /// [`metadata::parse_file`] or [`metadata::ServedMetadata::from_scale`].
+    pub metadata: Option<metadata::ServedMetadata>,
 }
 
 impl Default for FakeNodeConfig {
@@ -70,6 +79,8 @@ impl Default for FakeNodeConfig {
             block_time: Duration::ZERO,
             finality_lag: 0,
             steps: Vec::new(),
+            chain: ChainPreset::default(),
+            metadata: None,
         }
     }
 }
@@ -109,6 +120,8 @@ impl FakeNode {
             release: config.release,
             finality_lag: config.finality_lag,
             steps: config.steps,
+            preset: config.chain,
+            metadata: config.metadata.map(Arc::new),
         });
         let shared = Arc::new(Shared::new(node, Arc::clone(&conns)));
         let methods = rpc::module(Arc::clone(&shared));
@@ -248,7 +261,7 @@ impl FakeNodeHandle {
             let number = node.chain().number_of(hash)?;
             node.chain()
                 .storage_at(number, key)
-                .map(|value| value.map(<[u8]>::to_vec))
+                .map(|value| value.map(std::borrow::Cow::into_owned))
         })
     }
 

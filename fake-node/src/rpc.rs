@@ -26,7 +26,8 @@ use crate::node::{Built, NodeState};
 use crate::runtime::{self, CallError, RuntimeVersion};
 use heads::HeaderCache;
 
-/// Name reported by `system_name`, `system_chain` and the runtime's `specName`.
+/// Name reported by `system_name`, `system_chain` and the runtime's `specName` under the default
+/// chain preset.
 pub const NODE_NAME: &str = "fake-node";
 /// The most blocks a single `dev_newBlock` call may build.
 pub const MAX_BLOCKS_PER_CALL: u64 = 1_000_000;
@@ -129,22 +130,27 @@ impl Inner {
             .chain()
             .spec_version_at(number)
             .expect("block exists");
+        let preset = self.node.preset();
         RuntimeVersion {
-            spec_name: NODE_NAME.into(),
-            impl_name: NODE_NAME.into(),
+            spec_name: preset.spec_name().into(),
+            impl_name: preset.impl_name().into(),
             authoring_version: 1,
             spec_version,
-            impl_version: 0,
-            apis: Vec::new(),
-            transaction_version: 1,
+            impl_version: preset.impl_version(),
+            apis: runtime::answered_apis(),
+            transaction_version: preset.transaction_version(),
             state_version: 1,
         }
     }
 
     /// Answers a runtime API call at block `number`, which must exist.
-    #[allow(dead_code)]
     fn runtime_call(&self, number: u64, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError> {
-        runtime::call(&self.runtime_version(number), method, args)
+        let version = self.runtime_version(number);
+        let runtime = runtime::Runtime {
+            version: &version,
+            metadata: self.node.metadata(),
+        };
+        runtime::call(runtime, method, args)
     }
 }
 
