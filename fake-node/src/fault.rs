@@ -32,6 +32,12 @@ pub const FAULTABLE_METHODS: &[(&str, &[&str])] = &[
     ),
     ("state_getStorage", &["state_getStorageAt"]),
     ("state_getRuntimeVersion", &["chain_getRuntimeVersion"]),
+    ("state_getMetadata", &[]),
+    ("state_call", &["state_callAt"]),
+    (
+        "state_subscribeRuntimeVersion",
+        &["chain_subscribeRuntimeVersion"],
+    ),
 ];
 
 /// The canonical name of a faultable method or one of its aliases.

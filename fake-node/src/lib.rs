@@ -86,7 +86,8 @@ impl Default for FakeNodeConfig {
 }
 
 impl FakeNodeConfig {
-    /// Takes the scenario's steps, and its release, block time and finality lag where it sets them.
+    /// Takes the scenario's steps, and its release, block time, finality lag and chain preset where
+    /// it sets them.
     pub fn with_scenario(mut self, scenario: Scenario) -> Self {
         if let Some(release) = scenario.release {
             self.release = release;
@@ -96,6 +97,9 @@ impl FakeNodeConfig {
         }
         if let Some(lag) = scenario.finality_lag {
             self.finality_lag = lag;
+        }
+        if let Some(chain) = scenario.chain {
+            self.chain = chain;
         }
         self.steps = scenario.steps;
         self

@@ -10,6 +10,7 @@
 mod control;
 mod heads;
 mod params;
+mod runtime_api;
 mod substrate;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -160,6 +161,7 @@ pub fn module(shared: Arc<Shared>) -> RpcModule<Shared> {
     substrate::register(&mut module);
     heads::register(&mut module);
     control::register(&mut module);
+    runtime_api::register(&mut module);
 
     let mut names: Vec<&'static str> = module.method_names().collect();
     names.sort_unstable();
