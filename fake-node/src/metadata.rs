@@ -11,6 +11,8 @@
 //!   event and error enums are real, non-empty enums as on every FRAME chain.
 //! - `Environment` (index 2, as on Chainflip): storage `CurrentReleaseVersion`, typed as
 //!   Chainflip's `cf_primitives::SemVer { major: u8, minor: u8, patch: u8 }`.
+//! - The header digest types (`sp_runtime::generic::digest::{Digest, DigestItem}`), which clients
+//!   decode header logs with.
 //! - The extrinsic format (version 4, `UncheckedExtrinsic` with its address, call, signature and
 //!   signed-extension types) and, in V15, the runtime APIs fake-node answers (`Core`,
 //!   `Metadata`) and the outer enums.
@@ -468,6 +470,37 @@ impl Parts {
             ],
             // Its encoding is custom: described, as Substrate does, as opaque bytes.
             vec![field(None, bytes, "")],
+        );
+
+        // Header digests: not referenced by any item, but clients that decode header logs look
+        // these types up by path in the metadata.
+        let bytes4 = t.array(4, u8);
+        let engine_item = |name: &str, index: u8| {
+            variant(
+                name,
+                index,
+                vec![
+                    field(None, bytes4, "ConsensusEngineId"),
+                    field(None, bytes, "Vec<u8>"),
+                ],
+            )
+        };
+        let digest_item = t.enumeration(
+            "sp_runtime::generic::digest::DigestItem",
+            &[],
+            vec![
+                engine_item("PreRuntime", 6),
+                engine_item("Consensus", 4),
+                engine_item("Seal", 5),
+                variant("Other", 0, vec![field(None, bytes, "Vec<u8>")]),
+                variant("RuntimeEnvironmentUpdated", 8, vec![]),
+            ],
+        );
+        let digest_items = t.sequence(digest_item);
+        t.composite(
+            "sp_runtime::generic::digest::Digest",
+            &[],
+            vec![field(Some("logs"), digest_items, "Vec<DigestItem>")],
         );
 
         // The runtime API types: sp_version::RuntimeVersion and sp_core::OpaqueMetadata.
