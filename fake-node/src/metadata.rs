@@ -273,6 +273,9 @@ impl Parts {
         let u8 = t.primitive(TypeDefPrimitive::U8);
         let u16 = t.primitive(TypeDefPrimitive::U16);
         let u32 = t.primitive(TypeDefPrimitive::U32);
+        // Not used by an item here, but in every real runtime: polkadot.js maps Substrate's
+        // well-known keys (`:heappages`) to it and warns when it is missing.
+        t.primitive(TypeDefPrimitive::U64);
         let str = t.primitive(TypeDefPrimitive::Str);
         let bytes = t.sequence(u8);
         let bytes32 = t.array(32, u8);
