@@ -5,7 +5,7 @@
 //! never across an `await`. Every change wakes the subscription tasks through a `watch` channel.
 //! The modules: [`params`] reads parameters and builds errors, [`substrate`] answers the node's
 //! request methods, [`heads`] serves the head subscriptions, [`control`] the `dev_*`/`fake_*`
-//! methods.
+//! methods, [`runtime_api`] the metadata, runtime calls and runtime version subscription.
 
 mod control;
 mod heads;
