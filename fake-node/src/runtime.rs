@@ -60,6 +60,8 @@ impl RuntimeVersion {
             "implVersion": self.impl_version,
             "apis": apis,
             "transactionVersion": self.transaction_version,
+            // Substrate renamed the field to systemVersion and still sends the old name too.
+            "systemVersion": self.state_version,
             "stateVersion": self.state_version,
         })
     }
@@ -161,10 +163,12 @@ mod tests {
         // The ids every Substrate runtime reports for these two APIs.
         assert_eq!(hex::encode(api_id("Core")), "df6acb689907609b");
         assert_eq!(hex::encode(api_id("Metadata")), "37e397fc7c91f5e4");
+        let json = version().to_json();
         assert_eq!(
-            version().to_json()["apis"],
+            json["apis"],
             json!([["0xdf6acb689907609b", 5], ["0x37e397fc7c91f5e4", 2]])
         );
+        assert_eq!(json["systemVersion"], json["stateVersion"]);
     }
 
     /// `sp_version::RuntimeVersion`'s SCALE layout, decoded field by field.
