@@ -388,4 +388,18 @@ mod tests {
         assert_eq!(parse_release("1.2.3"), Ok(Some(SemVer::new(1, 2, 3))));
         assert!(parse_release("1.2").is_err());
     }
+
+    #[test]
+    fn a_scenario_may_name_the_chain_preset() {
+        let scenario = Scenario::from_toml(r#"chain = "chainflip""#).unwrap();
+        assert_eq!(scenario.chain, Some(ChainPreset::Chainflip));
+        assert_eq!(Scenario::from_toml("").unwrap().chain, None);
+        let error = Scenario::from_toml(r#"chain = "kusama""#).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("chain: unknown chain preset 'kusama'"),
+            "{error}"
+        );
+    }
 }

@@ -212,6 +212,20 @@ async fn runtime_version_lists_the_answered_apis_and_its_subscription_sends_each
     assert_eq!([spec(&first), spec(&second), spec(&third)], [100, 101, 102]);
     assert_eq!(second["apis"], version["apis"]);
     sub.unsubscribe().await.expect("unsubscribes");
+
+    node.set_fault("chain_subscribeRuntimeVersion", FaultMode::Error)
+        .unwrap();
+    let refused: Result<Subscription<Value>, _> = client
+        .subscribe(
+            "state_subscribeRuntimeVersion",
+            rpc_params![],
+            "state_unsubscribeRuntimeVersion",
+        )
+        .await;
+    match refused {
+        Err(jsonrpsee::core::ClientError::Call(e)) => assert_eq!(e.code(), -32000),
+        other => panic!("a faulted subscription is rejected, got {other:?}"),
+    }
     node.shutdown().await;
 }
 
