@@ -4,9 +4,10 @@
 //
 // Prints one JSON object per line on stdout:
 //   {"event":"connected", "library", "version", "chain", "specName", "specVersion"}
-//   {"event":"release", "at", "number", "release": {"major", "minor", "patch"}}   (at OLD_BLOCK_HASH)
 //   {"event":"ready"}                                   once the finalized-heads subscription is live
-//   {"event":"finalized", "number", "hash", "release": {...}, "specVersion"}      one per finalized head
+//   {"event":"finalized", "number", "hash", "release": {"major", "minor", "patch"}, "specVersion"}
+//                                                       one per finalized head
+//   {"event":"release", "at", "number", "release": {...}}   at OLD_BLOCK_HASH, after the last head
 //   {"event":"error", "message"}                        then exit 1
 // It exits 0 after the finalized head LAST_BLOCK_NUMBER. The release is read at each block through
 // `api.at(hash)`, so a runtime upgrade makes polkadot.js fetch that block's runtime version and
@@ -49,10 +50,6 @@ try {
     specVersion: api.runtimeVersion.specVersion.toNumber(),
   });
 
-  const old = await releaseAt(api, oldHash);
-  const oldHeader = await api.rpc.chain.getHeader(oldHash);
-  emit('release', { at: oldHash, number: oldHeader.number.toNumber(), release: old.release });
-
   // Finalized heads are handled one after another, so lines come out in block order.
   let queue = Promise.resolve();
   await api.rpc.chain.subscribeFinalizedHeads((header) => {
@@ -63,6 +60,10 @@ try {
         const { release, specVersion } = await releaseAt(api, hash);
         emit('finalized', { number, hash, release, specVersion });
         if (number >= lastNumber) {
+          // Read history last, so the old block's runtime is no longer the current one.
+          const old = await releaseAt(api, oldHash);
+          const oldHeader = await api.rpc.chain.getHeader(oldHash);
+          emit('release', { at: oldHash, number: oldHeader.number.toNumber(), release: old.release });
           await api.disconnect();
           process.exit(0);
         }

@@ -4,11 +4,11 @@ Usage: python substrate_interface.py WS_URL OLD_BLOCK_HASH LAST_BLOCK_NUMBER
 
 Prints one JSON object per line on stdout:
   {"event": "connected", "library", "version", "chain", "specName", "specVersion"}
-  {"event": "release", "at", "number", "release": {"major", "minor", "patch"}}  at OLD_BLOCK_HASH
   {"event": "header", "hash", "number", "parentHash"}      get_block_header(OLD_BLOCK_HASH)
   {"event": "block", "hash", "number", "extrinsics"}       get_block(OLD_BLOCK_HASH)
   {"event": "ready"}                                      when the finalized-heads subscription starts
-  {"event": "finalized", "number", "hash", "release": {...}}  one per finalized head
+  {"event": "finalized", "number", "hash", "release": {"major", "minor", "patch"}}  per finalized head
+  {"event": "release", "at", "number", "release": {...}}  at OLD_BLOCK_HASH, after the last head
   {"event": "error", "message"}                           then exit 1
 It exits 0 after the finalized head LAST_BLOCK_NUMBER. Releases of followed heads are read over a
 second connection, because substrate-interface's subscription loop owns the first one.
@@ -51,7 +51,6 @@ def main(url, old_hash, last_number):
     )
 
     header = substrate.get_block_header(old_hash)["header"]
-    emit("release", at=old_hash, number=header["number"], release=release_at(reader, old_hash))
     emit("header", hash=header["hash"], number=header["number"], parentHash=header["parentHash"])
     block = substrate.get_block(old_hash)
     emit(
@@ -71,6 +70,8 @@ def main(url, old_hash, last_number):
             return number  # a return value ends the subscription
 
     substrate.subscribe_block_headers(on_header, finalized_only=True)
+    # Read history last, so the old block's runtime is no longer the current one.
+    emit("release", at=old_hash, number=header["number"], release=release_at(reader, old_hash))
 
 
 if __name__ == "__main__":
