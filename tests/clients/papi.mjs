@@ -23,6 +23,9 @@ const fail = (error) => {
   process.exit(1);
 };
 
+// stdout carries only this script's JSON lines: the library's own logs go to stderr.
+console.log = console.info = console.warn = console.debug = (...args) => console.error(...args);
+
 // A library failing inside its own callbacks must still end the run with an error line.
 process.on('uncaughtException', fail);
 process.on('unhandledRejection', fail);
