@@ -446,7 +446,8 @@ impl Gate {
 
     /// The moment of the event being handled.
     fn now(&self) -> Instant {
-        self.now.expect("the gate only decides inside step, which sets the time")
+        self.now
+            .expect("the gate only decides inside step, which sets the time")
     }
 
     fn on_event(&mut self, now: Instant, event: Event, actions: &mut Vec<Action>) {
