@@ -78,7 +78,7 @@ impl Sim {
     }
 
     /// Moves the clock to the gate's next deadline, without telling the gate.
-    fn to_deadline(&mut self) {
+    fn run_to_deadline(&mut self) {
         let deadline = self.gate.next_deadline().expect("the gate has a deadline");
         self.now = self.now.max(deadline);
     }
@@ -122,7 +122,7 @@ fn step(g: &mut Sim, event: Event) -> Vec<Action> {
 
 /// Lets time run to the gate's next deadline and ticks it there (granting the lock as [`step`]).
 fn due(g: &mut Sim) -> Vec<Action> {
-    g.to_deadline();
+    g.run_to_deadline();
     step(g, Event::Tick)
 }
 
@@ -637,7 +637,7 @@ fn a_crashed_engine_gives_the_lock_back_until_its_restart() {
     step(&mut g, at(1, "1.0.0"));
     g.step(exited(0, 0));
     assert!(lock_actions(&g.step(head(0, 1, "1.0.0"))).contains(&Action::ReleaseLock));
-    g.to_deadline();
+    g.run_to_deadline();
     g.step(Event::Tick);
     assert_eq!(
         commands_and_lock(g.step(head(0, 1, "1.0.0"))),
@@ -689,7 +689,7 @@ fn hand_off_stops_releases_and_stands_by_until_told() {
     );
     // Standing by: blocks of a compatible release start nothing, not even a lock request.
     assert_eq!(commands_and_lock(g.step(at(2, "1.0.0"))), []);
-    g.to_deadline();
+    g.run_to_deadline();
     let over = g.step(Event::Tick);
     assert!(notices(&over).contains(&&Notice::StandbyOver));
     assert_eq!(commands_and_lock(over), [Action::AcquireLock]);
@@ -712,7 +712,7 @@ fn a_second_hand_off_during_the_stand_by_starts_the_stand_by_afresh() {
     assert!(!notices(&first_end).contains(&&Notice::StandbyOver));
     assert_eq!(commands_and_lock(first_end), []);
     assert_eq!(g.deadline_in(), Some(STANDBY / 2));
-    g.to_deadline();
+    g.run_to_deadline();
     assert_eq!(
         commands_and_lock(g.step(Event::Tick)),
         [Action::AcquireLock]
