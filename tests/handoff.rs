@@ -64,6 +64,79 @@ async fn hand_off_moves_the_engine_to_the_waiting_instance_and_back() {
     drop((primary, secondary));
 }
 
+/// A second hand-off during the stand-by starts the stand-by afresh: the instance asks for no lock
+/// for `--standby` after the *latest* request. The witness is the order in which two instances
+/// that stand by at the same time compete again: the one whose stand-by began first wins, with no
+/// clock read in the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_hand_off_during_the_stand_by_starts_it_afresh() {
+    let node = Node::start(&["--release", "1.0.0"]).await;
+    let host = Host::new();
+    let socket = |name: &str| host.dir.path().join(name).display().to_string();
+    let (primary_socket, secondary_socket) = (socket("primary.sock"), socket("secondary.sock"));
+    // Long enough for the steps below to fit in the primary's first stand-by.
+    let standby = ["--standby", "5s"];
+    let primary = host
+        .shim(&node)
+        .engine("1.0.0")
+        .shim_args(&["--control-socket", &primary_socket])
+        .shim_args(&standby)
+        .spawn();
+    host.wait_event("start", "1.0.0", 1).await;
+    let secondary = host
+        .shim(&node)
+        .engine("1.0.0")
+        .shim_args(&["--control-socket", &secondary_socket])
+        .shim_args(&standby)
+        .spawn();
+    secondary.wait_message(0, &["waiting for the lock"]).await;
+
+    // First hand-off of the primary: the secondary takes over.
+    let primary_mark = primary.mark();
+    let (code, answer) = hand_off(&["--control-socket", &primary_socket]).await;
+    assert_eq!(code, 0, "{answer}");
+    host.wait_event("start", "1.0.0", 2).await;
+    // Then the secondary hands off too: nobody holds the lock, both stand by, the secondary's
+    // stand-by began later than the primary's first one.
+    let (code, answer) = hand_off(&["--control-socket", &secondary_socket]).await;
+    assert_eq!(code, 0, "{answer}");
+    // The primary is asked again, later still: its stand-by now ends after the secondary's.
+    let (code, answer) = hand_off(&["--control-socket", &primary_socket]).await;
+    assert_eq!(code, 0, "{answer}");
+    assert!(answer.contains("handed off"), "{answer}");
+    let over = "stand-by after the hand-off is over";
+    assert_eq!(
+        primary.count_messages(over),
+        0,
+        "the primary's first stand-by ended before its second request could be sent; \
+         the scenario needs a longer --standby on this machine:\n{}",
+        primary.proc.output.dump()
+    );
+
+    // The secondary competes first and gets the lock; the primary waits behind it.
+    let third = host.wait_event("start", "1.0.0", 3).await;
+    common::wait_until("a shim to acquire the lock again", || {
+        primary.count_messages("acquired the lock") + secondary.count_messages("acquired the lock")
+            > 2
+    })
+    .await;
+    assert_eq!(
+        secondary.count_messages("acquired the lock"),
+        2,
+        "the secondary, whose stand-by ended first, did not get the lock:\nprimary:\n{}\nsecondary:\n{}",
+        primary.proc.output.dump(),
+        secondary.proc.output.dump()
+    );
+    assert_eq!(primary.count_messages("acquired the lock"), 1);
+    let (at, _) = primary.wait_message(primary_mark, &[over]).await;
+    primary.wait_message(at, &["waiting for the lock"]).await;
+    assert_eq!(host.alive().len(), 1);
+    assert_eq!(host.alive()[0].pid, third.pid);
+    host.assert_no_lock_failed();
+    host.assert_lives_never_overlap(&[]);
+    drop((primary, secondary));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_off_without_a_running_instance_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

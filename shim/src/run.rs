@@ -1,7 +1,9 @@
 //! `engine-shim run`: the async shell around the gate.
 //!
-//! It feeds the gate events from three sources (the follower, child exits, restart timers) plus
-//! signals, and carries out the gate's actions on real processes. All decisions stay in the gate.
+//! It feeds the gate events (the follower's blocks, child exits, lock news, the node's answers,
+//! signals and hand-off requests), each with the moment it is handled, and carries out the gate's
+//! actions on real processes. All decisions stay in the gate, and so does time: the loop's only
+//! timer is a sleep until the gate's next deadline, which then feeds it [`Event::Tick`].
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use crate::config::{validate_engines, Reload, RunConfig};
 use crate::control::{self, HandOffRequest};
 use crate::covers::Covers;
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
-use crate::gate::{Action, EngineId, Event, Gate};
+use crate::gate::{Action, EngineId, Event, Gate, Grant, KillCause, Timing};
 use crate::lock::{
     HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions, PASSWORD_ENV,
     PASSWORD_FILE_ENV,
@@ -213,8 +215,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let gate = Gate::new(
         engines.iter().map(|e| e.covers.clone()).collect(),
         config.rule,
-        config.wait_log_every,
-        config.start_secs,
+        Timing {
+            wait_log_every: config.wait_log_every,
+            start_secs: config.start_secs,
+            standby: config.standby,
+        },
     );
     let (control_tx, control_rx) = mpsc::channel(8);
     // Held until `run` returns, however it returns: dropping it removes the socket file.
@@ -297,28 +302,21 @@ struct Shell {
     engines: Vec<Engine>,
     gate: Gate,
     grace: Duration,
-    started: Instant,
     children: HashMap<EngineId, ChildHandle>,
     exits_tx: mpsc::UnboundedSender<ChildExit>,
     exits_rx: mpsc::UnboundedReceiver<ChildExit>,
-    restarts_tx: mpsc::UnboundedSender<EngineId>,
-    restarts_rx: mpsc::UnboundedReceiver<EngineId>,
     lock: Lock,
     lock_tx: mpsc::UnboundedSender<LockEvent>,
     lock_rx: mpsc::UnboundedReceiver<LockEvent>,
-    /// Time left to the lock's fencing deadline, from the last loss: a fenced engine gets no more.
-    fence_within: Duration,
     /// The epoch of the lock held now (lease locks), handed to the engine for fencing downstream.
     lock_epoch: Option<u64>,
-    /// How long to ask for no lock after a hand-off.
+    /// How long the instance stands by after a hand-off (the gate keeps the time; this is for
+    /// the answer to the operator).
     standby: Duration,
-    standby_tx: mpsc::UnboundedSender<()>,
-    standby_rx: mpsc::UnboundedReceiver<()>,
     control_rx: mpsc::Receiver<HandOffRequest>,
     /// `engine-shim handoff` clients waiting for the hand-off to complete.
     hand_off_waiters: Vec<oneshot::Sender<String>>,
     metrics: Arc<Metrics>,
-    shutting_down: bool,
     /// Where to read the release at the finalized head; answers come back on `heads_rx`.
     head: HeadCheck,
     heads_tx: mpsc::UnboundedSender<Event>,
@@ -338,9 +336,7 @@ impl Shell {
         outside: Outside,
     ) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-        let (restarts_tx, restarts_rx) = mpsc::unbounded_channel();
         let (lock_tx, lock_rx) = mpsc::unbounded_channel();
-        let (standby_tx, standby_rx) = mpsc::unbounded_channel();
         let (heads_tx, heads_rx) = mpsc::unbounded_channel();
         let Outside {
             head,
@@ -356,24 +352,17 @@ impl Shell {
             engines,
             gate,
             grace,
-            started: Instant::now(),
             children: HashMap::new(),
             exits_tx,
             exits_rx,
-            restarts_tx,
-            restarts_rx,
             lock,
             lock_tx,
             lock_rx,
-            fence_within: Duration::ZERO,
             lock_epoch: None,
             standby,
-            standby_tx,
-            standby_rx,
             control_rx,
             hand_off_waiters: Vec::new(),
             metrics,
-            shutting_down: false,
             head,
             heads_tx,
             heads_rx,
@@ -393,8 +382,10 @@ impl Shell {
         let (blocks_tx, mut blocks_rx) = mpsc::channel(1024);
         let follower = tokio::spawn(follow(follower, blocks_tx));
         let result = loop {
+            let deadline = self.gate.next_deadline();
             // Biased, lock first: after a pause (SIGSTOP, VM freeze) a lost lock must be acted on
-            // before anything else that became ready at the same time.
+            // before anything else that became ready at the same time; then the gate's deadline
+            // (a fenced engine to kill is next in urgency).
             let event = tokio::select! {
                 biased;
                 Some(event) = self.lock_rx.recv() => match self.on_lock_event(event) {
@@ -402,18 +393,18 @@ impl Shell {
                     Ok(None) => continue,
                     Err(e) => break Err(e),
                 },
+                () = sleep_until_or_forever(deadline) => Event::Tick,
                 Some(event) = blocks_rx.recv() => match event {
                     FollowerEvent::Block { block, release } => {
                         self.metrics.block(block.number, release.as_ref().ok().copied());
-                        Event::Block { block, release, now: self.started.elapsed() }
+                        Event::Block { block, release }
                     }
                     other => { telemetry::follower_event(&other); continue; }
                 },
                 Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
-                Some(engine) = self.restarts_rx.recv() => Event::RestartDue { engine },
                 Some(answer) = self.heads_rx.recv() => answer,
-                _ = sigterm.recv() => self.on_signal("SIGTERM"),
-                _ = sigint.recv() => self.on_signal("SIGINT"),
+                _ = sigterm.recv() => Event::Shutdown { signal: "SIGTERM" },
+                _ = sigint.recv() => Event::Shutdown { signal: "SIGINT" },
                 _ = sigusr1.recv() => {
                     info!("SIGUSR1 received: handing off");
                     Event::HandOff
@@ -423,7 +414,6 @@ impl Shell {
                     self.hand_off_waiters.push(request.reply);
                     Event::HandOff
                 }
-                Some(()) = self.standby_rx.recv() => Event::StandbyOver,
                 Some(replaced) = self.replaced_rx.recv() => match self.on_replaced(replaced) {
                     Some(event) => event,
                     None => continue,
@@ -542,12 +532,9 @@ impl Shell {
     fn on_lock_event(&mut self, event: LockEvent) -> anyhow::Result<Option<Event>> {
         let spec = self.lock.spec().clone();
         if matches!(event, LockEvent::Granted { .. }) && !self.lock.usable() {
-            // Granted, but its renew deadline passed before the grant could be used (a pause):
-            // starting an engine on it could overlap a new holder. Give it back and ask again.
-            warn!(lock = %spec, "the lock {spec} was granted, but its renewal deadline passed before it could be used (was this process paused?); asking again");
-            self.lock.release();
-            self.acquire_lock();
-            return Ok(None);
+            // Its renew deadline passed before the grant could be used (a pause): the gate
+            // decides what that means.
+            return Ok(Some(Event::LockGranted(Grant::Expired)));
         }
         match event {
             LockEvent::Waiting {
@@ -565,24 +552,25 @@ impl Shell {
                 info!(lock = %spec, "acquired the lock {spec}");
                 self.lock_epoch = None;
                 self.metrics.lock(true, None);
-                Ok(Some(Event::LockGranted))
+                Ok(Some(Event::LockGranted(Grant::Usable)))
             }
             LockEvent::Granted { epoch: Some(epoch) } => {
                 info!(lock = %spec, lock_epoch = epoch, "acquired the lock {spec} (epoch {epoch})");
                 self.lock_epoch = Some(epoch);
                 self.metrics.lock(true, Some(epoch));
-                Ok(Some(Event::LockGranted))
+                Ok(Some(Event::LockGranted(Grant::Usable)))
             }
             LockEvent::Lost { reason, kill_by } => {
-                // The engine must be dead by `kill_by`: the gate fences, and the stop it asks for
-                // gets no more grace than what is left.
-                self.fence_within = kill_by.remaining();
+                // The engine must be dead by `kill_by` (on the boot-time clock): the gate fences
+                // and kills it then, on the clock it is fed.
+                let remaining = kill_by.remaining();
                 self.metrics.fenced();
-                let within = Duration::from_millis(self.fence_within.as_millis() as u64);
+                let within = Duration::from_millis(remaining.as_millis() as u64);
                 warn!(lock = %spec, kill_within_ms = within.as_millis() as u64,
                     "lost the lock {spec}: {reason}; the engine must be gone within {}",
                     humantime::format_duration(within));
-                Ok(Some(Event::LockLost { reason }))
+                let kill_by = Instant::now() + remaining;
+                Ok(Some(Event::LockLost { reason, kill_by }))
             }
             LockEvent::Failed { error } => {
                 Err(anyhow::anyhow!("the lock {spec} cannot be used: {error}"))
@@ -597,23 +585,11 @@ impl Shell {
         self.lock.acquire(me, self.lock_tx.clone());
     }
 
-    fn on_signal(&mut self, name: &str) -> Event {
-        if self.shutting_down {
-            // A second signal means "now": do not wait out the grace period.
-            warn!("{name} again: killing the engine now");
-            self.children.values().for_each(ChildHandle::kill_now);
-        } else {
-            info!("{name} received: stopping the engine and exiting");
-        }
-        self.shutting_down = true;
-        Event::Shutdown
-    }
-
     /// Runs one event through the gate and carries out its actions; true when the shim may exit.
     fn handle(&mut self, event: Event) -> bool {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
-            for action in self.gate.step(event) {
+            for action in self.gate.step(Instant::now(), event) {
                 match action {
                     Action::Start { engine, block } => {
                         if let Err(failed) = self.start(engine, block) {
@@ -625,15 +601,22 @@ impl Shell {
                         None => error!("asked to stop engine {engine}, which is not running"),
                     },
                     Action::Fence { engine } => match self.children.get(&engine) {
-                        Some(child) => child.stop(self.fence_within.min(self.grace)),
+                        Some(child) => child.stop(self.grace),
                         None => error!("asked to fence engine {engine}, which is not running"),
                     },
-                    Action::Standby => {
-                        let (over, after) = (self.standby_tx.clone(), self.standby);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(after).await;
-                            let _ = over.send(());
-                        });
+                    // A child already reaped needs no killing.
+                    Action::Kill { engine, cause } => match (self.children.get(&engine), cause) {
+                        // The fencing deadline ends the stop's grace: SIGKILL now, reported as
+                        // any stop that ran out of grace.
+                        (Some(child), KillCause::FenceDeadline) => child.stop(Duration::ZERO),
+                        (Some(child), KillCause::SecondSignal) => child.kill_now(),
+                        (None, _) => {}
+                    },
+                    Action::RetryLock => {
+                        let spec = self.lock.spec();
+                        warn!(lock = %spec, "the lock {spec} was granted, but its renewal deadline passed before it could be used (was this process paused?); asking again");
+                        self.lock.release();
+                        self.acquire_lock();
                     }
                     Action::HandedOff => {
                         let answer = format!(
@@ -645,13 +628,6 @@ impl Shell {
                         for waiter in self.hand_off_waiters.drain(..) {
                             let _ = waiter.send(answer.clone());
                         }
-                    }
-                    Action::ScheduleRestart { engine, after } => {
-                        let restarts = self.restarts_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(after).await;
-                            let _ = restarts.send(engine);
-                        });
                     }
                     Action::CheckHead { engine } => self.check_head(engine),
                     Action::AcquireLock => self.acquire_lock(),
@@ -712,5 +688,13 @@ impl Shell {
                 status: format!("failed to start {}: {e}", spec.program.display()),
             }),
         }
+    }
+}
+
+/// Sleeps until the gate's next deadline; forever while it has none.
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
