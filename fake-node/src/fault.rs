@@ -21,6 +21,7 @@ pub const FAULTABLE_METHODS: &[(&str, &[&str])] = &[
     ("rpc_methods", &[]),
     ("chain_getBlockHash", &["chain_getHead"]),
     ("chain_getHeader", &[]),
+    ("chain_getBlock", &[]),
     ("chain_getFinalizedHead", &["chain_getFinalisedHead"]),
     (
         "chain_subscribeFinalizedHeads",
@@ -30,7 +31,15 @@ pub const FAULTABLE_METHODS: &[(&str, &[&str])] = &[
         "chain_subscribeNewHeads",
         &["chain_subscribeNewHead", "subscribe_newHead"],
     ),
+    ("chain_subscribeAllHeads", &[]),
     ("state_getStorage", &["state_getStorageAt"]),
+    ("state_getStorageHash", &["state_getStorageHashAt"]),
+    ("state_getStorageSize", &["state_getStorageSizeAt"]),
+    ("state_getKeys", &[]),
+    ("state_getKeysPaged", &["state_getKeysPagedAt"]),
+    ("state_queryStorage", &[]),
+    ("state_queryStorageAt", &[]),
+    ("state_subscribeStorage", &[]),
     ("state_getRuntimeVersion", &["chain_getRuntimeVersion"]),
 ];
 

@@ -18,6 +18,7 @@ pub mod node;
 mod rpc;
 pub mod runtime;
 pub mod scenario;
+pub mod storage_query;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

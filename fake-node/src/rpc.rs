@@ -7,9 +7,11 @@
 //! request methods, [`heads`] serves the head subscriptions, [`control`] the `dev_*`/`fake_*`
 //! methods.
 
+mod blocks;
 mod control;
 mod heads;
 mod params;
+mod storage;
 mod substrate;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -152,6 +154,8 @@ impl Inner {
 pub fn module(shared: Arc<Shared>) -> RpcModule<Shared> {
     let mut module = RpcModule::from_arc(Arc::clone(&shared));
     substrate::register(&mut module);
+    blocks::register(&mut module);
+    storage::register(&mut module);
     heads::register(&mut module);
     control::register(&mut module);
 
