@@ -22,6 +22,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 /// Bytes buffered per connection before writes wait for the socket.
 const LIMIT: usize = 256 * 1024;
+/// Buffer capacity kept between bursts; a larger one (left by a burst) is given back, so idle
+/// connections stay small.
+const KEEP: usize = 16 * 1024;
 /// How long a closed connection may take to send what was buffered before it is cut off (a client
 /// that stopped reading would otherwise keep the socket open forever).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -105,6 +108,9 @@ async fn send(queue: Arc<Mutex<Queue>>, mut socket: OwnedWriteHalf) {
             }
         };
         out.clear();
+        if out.capacity() > KEEP {
+            out = Vec::new();
+        }
         if let Err(error) = sent {
             break Some(error.kind());
         }

@@ -153,9 +153,11 @@ pub(super) async fn follow(
         return;
     };
     let mut changed = shared.changed.subscribe();
-    let mut batch = feed.first(&mut shared.lock());
+    let (mut batch, mut mode) = {
+        let mut inner = shared.lock();
+        (feed.first(&mut inner), inner.node.fault(method))
+    };
     loop {
-        let mode = shared.lock().node.fault(method);
         for json in batch.drain(..) {
             let message = match mode {
                 FaultMode::Garbage | FaultMode::NonHex => serde_json::value::to_raw_value(
@@ -170,7 +172,12 @@ pub(super) async fn follow(
         }
         // Marked seen before reading the chain: a change after this read wakes the wait below.
         changed.borrow_and_update();
-        let caught_up = feed.next(&mut shared.lock(), &mut batch);
+        // One lock per batch: the next notifications and the fault that applies to them.
+        let caught_up = {
+            let mut inner = shared.lock();
+            mode = inner.node.fault(method);
+            feed.next(&mut inner, &mut batch)
+        };
         if batch.is_empty() && caught_up {
             tokio::select! {
                 woke = changed.changed() => if woke.is_err() { return },
