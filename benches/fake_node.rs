@@ -126,6 +126,7 @@ async fn deliver(
         })
         .collect();
     let cpu_before = support::cpu_time(node.proc.pid());
+    let own_cpu_before = support::cpu_time(std::process::id());
     let began = Instant::now();
     match building {
         Building::OneCallPerBlock => {
@@ -143,16 +144,18 @@ async fn deliver(
     }
     let elapsed = began.elapsed();
     let cpu = support::cpu_time(node.proc.pid()) - cpu_before;
+    let subscribers_cpu = support::cpu_time(std::process::id()) - own_cpu_before;
     let how = match building {
         Building::OneCallPerBlock => "one dev_newBlock call each",
         Building::OneCall => "one dev_newBlock({\"count\": n}) call",
     };
     println!(
-        "fake-node: {blocks} blocks, {how}, delivered to {SUBSCRIBERS} subscribers in {:.3} s = {:.0} blocks/s (fake-node CPU {:.3} s = {:.0} blocks per CPU-second)",
+        "fake-node: {blocks} blocks, {how}, delivered to {SUBSCRIBERS} subscribers in {:.3} s = {:.0} blocks/s (fake-node CPU {:.2} s = {:.0} blocks per CPU-second; the subscribers' CPU {:.2} s)",
         elapsed.as_secs_f64(),
         blocks as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64(),
         blocks as f64 / cpu.as_secs_f64().max(0.001),
+        subscribers_cpu.as_secs_f64(),
     );
     subscriptions
 }
