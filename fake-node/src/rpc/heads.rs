@@ -2,8 +2,9 @@
 //! `chain_subscribeFinalizedHeads`), and the loop that serves every subscription ([`follow`]).
 //!
 //! Each subscription keeps a cursor into the chain (new and all heads: the next block number;
-//! finalized heads: the next finality move; storage: the next block) and sends everything past it, so a slow client delays only
-//! itself, nothing is dropped, and nothing is buffered beyond what the chain already holds.
+//! finalized heads: the next finality move; storage: the next block) and sends everything past
+//! it, so a slow client delays only itself, nothing is dropped, and nothing is buffered beyond
+//! what the chain already holds.
 //! Recent header JSON is cached, so a hundred subscribers cost one serialization per block.
 
 use std::sync::Arc;
@@ -157,6 +158,7 @@ pub(super) async fn follow(
         let mut inner = shared.lock();
         (feed.first(&mut inner), inner.node.fault(method))
     };
+    let mut caught_up = false;
     loop {
         for json in batch.drain(..) {
             let message = match mode {
@@ -170,20 +172,20 @@ pub(super) async fn follow(
                 return;
             }
         }
-        // Marked seen before reading the chain: a change after this read wakes the wait below.
-        changed.borrow_and_update();
-        // One lock per batch: the next notifications and the fault that applies to them.
-        let caught_up = {
-            let mut inner = shared.lock();
-            mode = inner.node.fault(method);
-            feed.next(&mut inner, &mut batch)
-        };
-        if batch.is_empty() && caught_up {
+        // Caught up when the batch was read: wait for the chain to change. A change since that
+        // read was marked before it, so the wait then returns at once.
+        if caught_up {
             tokio::select! {
                 woke = changed.changed() => if woke.is_err() { return },
                 _ = sink.closed() => return,
             }
         }
+        changed.borrow_and_update();
+        // One lock per batch: the next notifications and the fault that applies to them.
+        (mode, caught_up) = {
+            let mut inner = shared.lock();
+            (inner.node.fault(method), feed.next(&mut inner, &mut batch))
+        };
     }
 }
 
