@@ -93,15 +93,19 @@ struct Snapshot {
     storage: StorageMap,
     root: [u8; 32],
     spec_version: u32,
+    /// The keys the block that made this snapshot wrote (set or deleted), sorted; what
+    /// `state_subscribeStorage` reports for that block.
+    written: Vec<Vec<u8>>,
 }
 
 impl Snapshot {
-    fn new(storage: StorageMap, spec_version: u32) -> Self {
+    fn new(storage: StorageMap, spec_version: u32, written: Vec<Vec<u8>>) -> Self {
         let root = blake2_256(&storage.encode());
         Snapshot {
             storage,
             root,
             spec_version,
+            written,
         }
     }
 }
@@ -142,7 +146,7 @@ impl Chain {
     /// `runtime_key` is the storage key whose changes count as runtime upgrades; on Chainflip that
     /// is the release key, because a migration writes it in the first block of every new runtime.
     pub fn new(genesis: StorageMap, runtime_key: Vec<u8>, finality_lag: u64) -> Self {
-        let state = Arc::new(Snapshot::new(genesis, GENESIS_SPEC_VERSION));
+        let state = Arc::new(Snapshot::new(genesis, GENESIS_SPEC_VERSION, Vec::new()));
         let header = Header {
             parent_hash: BlockHash([0; 32]),
             number: 0,
@@ -182,15 +186,17 @@ impl Chain {
         } else {
             let mut storage = parent.state.storage.clone();
             let before = storage.get(&self.runtime_key).cloned();
+            let mut written = Vec::with_capacity(self.pending.len());
             for (key, value) in std::mem::take(&mut self.pending) {
                 match value {
-                    Some(value) => storage.insert(key, value),
+                    Some(value) => storage.insert(key.clone(), value),
                     None => storage.remove(&key),
                 };
+                written.push(key);
             }
             let upgraded = storage.get(&self.runtime_key) != before.as_ref();
             let spec_version = parent.state.spec_version + u32::from(upgraded);
-            Arc::new(Snapshot::new(storage, spec_version))
+            Arc::new(Snapshot::new(storage, spec_version, written))
         };
         let header = Header {
             parent_hash: parent.hash,
@@ -319,7 +325,9 @@ impl Chain {
     pub fn storage_at(&self, number: u64, key: &[u8]) -> Option<Option<Cow<'_, [u8]>>> {
         let block = self.blocks.get(usize::try_from(number).ok()?)?;
         if let Some(item) = SystemItem::from_key(key) {
-            let value = item.value_at(number, |n| self.blocks[n as usize].hash);
+            let value = item.value_at(number, block.state.spec_version, |n| {
+                self.blocks[n as usize].hash
+            });
             return Some(value.map(Cow::Owned));
         }
         Some(
@@ -329,6 +337,24 @@ impl Chain {
                 .get(key)
                 .map(|v| Cow::Borrowed(v.as_slice())),
         )
+    }
+
+    /// The whole storage of block `number`, sorted by key.
+    pub fn storage(&self, number: u64) -> Option<&StorageMap> {
+        let block = self.blocks.get(usize::try_from(number).ok()?)?;
+        Some(&block.state.storage)
+    }
+
+    /// The keys block `number` wrote (set or deleted, even to the value they had), sorted:
+    /// a real node's storage-change notification for that block. Genesis wrote nothing.
+    pub fn written_keys(&self, number: u64) -> Option<&[Vec<u8>]> {
+        let index = usize::try_from(number).ok()?;
+        let block = self.blocks.get(index)?;
+        let parent = index.checked_sub(1).map(|p| &self.blocks[p]);
+        Some(match parent {
+            Some(parent) if !Arc::ptr_eq(&parent.state, &block.state) => &block.state.written,
+            _ => &[],
+        })
     }
 
     /// The runtime's specVersion at block `number`.

@@ -22,6 +22,7 @@ pub mod preset;
 mod rpc;
 pub mod runtime;
 pub mod scenario;
+pub mod storage_query;
 pub mod system_storage;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

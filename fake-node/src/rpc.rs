@@ -7,10 +7,12 @@
 //! request methods, [`heads`] serves the head subscriptions, [`control`] the `dev_*`/`fake_*`
 //! methods, [`runtime_api`] the metadata, runtime calls and runtime version subscription.
 
+mod blocks;
 mod control;
 mod heads;
 mod params;
 mod runtime_api;
+mod storage;
 mod substrate;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -159,6 +161,8 @@ impl Inner {
 pub fn module(shared: Arc<Shared>) -> RpcModule<Shared> {
     let mut module = RpcModule::from_arc(Arc::clone(&shared));
     substrate::register(&mut module);
+    blocks::register(&mut module);
+    storage::register(&mut module);
     heads::register(&mut module);
     control::register(&mut module);
     runtime_api::register(&mut module);

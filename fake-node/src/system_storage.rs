@@ -1,5 +1,5 @@
-//! The `System` pallet's per-block storage (`Number`, `ParentHash`, `BlockHash`), computed on
-//! read from the block a query is about. Pure.
+//! The storage a runtime writes in every block (`System::Number`, `ParentHash`, `BlockHash`) and
+//! the runtime's own `:code`, computed on read from the block a query is about. Pure.
 //!
 //! A real runtime writes these in every block (`frame_system::initialize`), and clients read them
 //! through the metadata like any other storage. Storing them per block would give every block its
@@ -12,6 +12,9 @@
 //!   placeholder), no `Number`;
 //! - block #n ≥ 1: `Number` = n (u32 LE), `ParentHash` = hash of #n−1, `BlockHash(m)` = hash of
 //!   #m for m < n, pruned to the last [`BLOCK_HASH_COUNT`] blocks (genesis' entry is kept).
+//! - every block: `:code` = the stand-in [`code`] of its runtime. fake-node runs no Wasm, but
+//!   clients tell runtimes apart by this value's hash (polkadot-api caches metadata per `:code`
+//!   hash), so it must change exactly when the runtime does: with `specVersion`.
 
 use engine_shim::block::BlockHash;
 use engine_shim::storage_key::{storage_value_key, twox128};
@@ -30,6 +33,18 @@ pub enum SystemItem {
     ParentHash,
     /// `BlockHash(n)`: a `Twox64Concat` map from u32 block numbers.
     BlockHash(u32),
+    /// The well-known `:code` key (not a `System` item, but written by the same runtime upgrade
+    /// machinery and computed the same way).
+    Code,
+}
+
+/// The well-known key of the runtime's code.
+pub const CODE_KEY: &[u8] = b":code";
+
+/// What `:code` holds for a runtime with `spec_version`: a readable stand-in, not Wasm. It says
+/// so, so that a client trying to execute it fails with a message naming the reason.
+pub fn code(spec_version: u32) -> Vec<u8> {
+    format!("fake-node runtime, specVersion {spec_version}: not Wasm, read metadata with state_getMetadata or state_call Metadata_*").into_bytes()
 }
 
 fn block_hash_prefix() -> Vec<u8> {
@@ -57,11 +72,15 @@ impl SystemItem {
                 key.extend_from_slice(&encoded);
                 key
             }
+            SystemItem::Code => CODE_KEY.to_vec(),
         }
     }
 
     /// Which computed item `key` names, if any.
     pub fn from_key(key: &[u8]) -> Option<SystemItem> {
+        if key == CODE_KEY {
+            return Some(SystemItem::Code);
+        }
         if key.len() == 32 {
             return [SystemItem::Number, SystemItem::ParentHash]
                 .into_iter()
@@ -74,9 +93,15 @@ impl SystemItem {
     }
 
     /// The value at block `number`, or `None` where that block's state has none. `hash_of` gives
-    /// the hash of any block up to `number`.
-    pub fn value_at(self, number: u64, hash_of: impl Fn(u64) -> BlockHash) -> Option<Vec<u8>> {
+    /// the hash of any block up to `number`; `spec_version` is the runtime's at `number`.
+    pub fn value_at(
+        self,
+        number: u64,
+        spec_version: u32,
+        hash_of: impl Fn(u64) -> BlockHash,
+    ) -> Option<Vec<u8>> {
         match self {
+            SystemItem::Code => Some(code(spec_version)),
             SystemItem::Number => (number > 0).then(|| (number as u32).to_le_bytes().to_vec()),
             SystemItem::ParentHash => Some(match number {
                 0 => GENESIS_PLACEHOLDER.to_vec(),
@@ -114,6 +139,28 @@ pub fn keys_at(number: u64) -> Vec<Vec<u8>> {
     }
     keys.push(SystemItem::ParentHash.key());
     keys.extend(kept_block_hashes(number).map(|m| SystemItem::BlockHash(m as u32).key()));
+    keys.push(CODE_KEY.to_vec());
+    keys.sort_unstable();
+    keys
+}
+
+/// The computed keys block `number` wrote, sorted: `frame_system` writes `Number`, `ParentHash`
+/// and the parent's `BlockHash` entry in every block after genesis (and removes the entry that
+/// falls out of [`BLOCK_HASH_COUNT`]), and a block whose runtime changed wrote `:code`.
+pub fn written_at(number: u64, runtime_changed: bool) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    if number > 0 {
+        keys.push(SystemItem::Number.key());
+        keys.push(SystemItem::ParentHash.key());
+        keys.push(SystemItem::BlockHash((number - 1) as u32).key());
+        let pruned = number.checked_sub(u64::from(BLOCK_HASH_COUNT) + 1);
+        if let Some(pruned) = pruned.filter(|&p| p > 0) {
+            keys.push(SystemItem::BlockHash(pruned as u32).key());
+        }
+    }
+    if runtime_changed {
+        keys.push(CODE_KEY.to_vec());
+    }
     keys.sort_unstable();
     keys
 }
