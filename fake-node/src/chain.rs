@@ -314,6 +314,24 @@ impl Chain {
         Some(block.state.storage.get(key).map(Vec::as_slice))
     }
 
+    /// Every entry at block `number` whose key starts with `prefix`, in key order: `None` if the
+    /// block does not exist. The one place that lists storage, for descendant queries.
+    pub fn storage_with_prefix<'a>(
+        &'a self,
+        number: u64,
+        prefix: &'a [u8],
+    ) -> Option<impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a> {
+        let block = self.blocks.get(usize::try_from(number).ok()?)?;
+        Some(
+            block
+                .state
+                .storage
+                .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                .take_while(move |(key, _)| key.starts_with(prefix))
+                .map(|(key, value)| (key.as_slice(), value.as_slice())),
+        )
+    }
+
     /// The runtime's specVersion at block `number`.
     pub fn spec_version_at(&self, number: u64) -> Option<u32> {
         let block = self.blocks.get(usize::try_from(number).ok()?)?;

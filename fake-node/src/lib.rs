@@ -11,6 +11,7 @@
 )]
 
 pub mod chain;
+pub mod chain_head;
 pub mod double;
 pub mod fault;
 mod net;
