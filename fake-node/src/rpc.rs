@@ -7,6 +7,7 @@
 //! request methods, [`heads`] serves the head subscriptions, [`control`] the `dev_*`/`fake_*`
 //! methods.
 
+mod chain_head;
 mod control;
 mod heads;
 mod params;
@@ -51,6 +52,7 @@ struct Inner {
     node: NodeState,
     headers: HeaderCache,
     methods: Vec<&'static str>,
+    follows: chain_head::Follows,
 }
 
 impl Shared {
@@ -60,6 +62,7 @@ impl Shared {
                 node,
                 headers: HeaderCache::default(),
                 methods: Vec::new(),
+                follows: chain_head::Follows::default(),
             }),
             changed: watch::Sender::new(()),
             conns,
@@ -142,7 +145,6 @@ impl Inner {
     }
 
     /// Answers a runtime API call at block `number`, which must exist.
-    #[allow(dead_code)]
     fn runtime_call(&self, number: u64, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError> {
         runtime::call(&self.runtime_version(number), method, args)
     }
@@ -153,6 +155,7 @@ pub fn module(shared: Arc<Shared>) -> RpcModule<Shared> {
     let mut module = RpcModule::from_arc(Arc::clone(&shared));
     substrate::register(&mut module);
     heads::register(&mut module);
+    chain_head::register(&mut module);
     control::register(&mut module);
 
     let mut names: Vec<&'static str> = module.method_names().collect();
