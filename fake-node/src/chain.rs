@@ -326,7 +326,10 @@ impl Chain {
             block
                 .state
                 .storage
-                .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                .range::<[u8], _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
                 .take_while(move |(key, _)| key.starts_with(prefix))
                 .map(|(key, value)| (key.as_slice(), value.as_slice())),
         )

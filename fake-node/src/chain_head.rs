@@ -62,19 +62,26 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The finalized block last, its ancestors before it, in ascending order.
-    Initialized { finalized: Vec<BlockRef> },
+    Initialized {
+        finalized: Vec<BlockRef>,
+    },
     /// `new_runtime`: the block's specVersion differs from its parent's.
     NewBlock {
         block: BlockRef,
         parent: BlockHash,
         new_runtime: bool,
     },
-    BestBlockChanged { best: BlockRef },
+    BestBlockChanged {
+        best: BlockRef,
+    },
     Finalized {
         finalized: Vec<BlockRef>,
         pruned: Vec<BlockHash>,
     },
-    Operation { id: String, step: Step },
+    Operation {
+        id: String,
+        step: Step,
+    },
     Stop,
 }
 
@@ -219,9 +226,12 @@ impl Follow {
         self.outbox.pop_front()
     }
 
-    /// Queues the chain's next change: a pending finality move once its blocks are announced and
-    /// the best block is past it, else the next block.
+    /// Queues the chain's next change: the next block, else the next move of finality (as a
+    /// node imports a block before finalizing it).
     fn follow_chain(&mut self, chain: &Chain) {
+        if self.announced < chain.best().number {
+            return self.announce_next(chain);
+        }
         if let Some(&target) = chain.finality_moves().get(self.moves_cursor) {
             if target <= self.finalized_reported {
                 // Finality moved before this subscription started.
@@ -243,12 +253,11 @@ impl Follow {
                     finalized,
                     pruned: Vec::new(),
                 });
-                return;
             }
         }
-        if self.announced >= chain.best().number {
-            return;
-        }
+    }
+
+    fn announce_next(&mut self, chain: &Chain) {
         let number = self.announced + 1;
         let block = chain.block_ref(number).expect("block below best exists");
         let parent = chain.hash_of(number - 1).expect("parent exists");
@@ -262,7 +271,8 @@ impl Follow {
         });
         if number >= self.initial_best {
             self.best_reported = number;
-            self.outbox.push_back(Event::BestBlockChanged { best: block });
+            self.outbox
+                .push_back(Event::BestBlockChanged { best: block });
         }
     }
 

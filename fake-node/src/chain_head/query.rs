@@ -23,7 +23,10 @@ impl QueryType {
         "value, hash, closestDescendantMerkleValue, descendantsValues, descendantsHashes";
 
     fn is_descendants(self) -> bool {
-        matches!(self, QueryType::DescendantsValues | QueryType::DescendantsHashes)
+        matches!(
+            self,
+            QueryType::DescendantsValues | QueryType::DescendantsHashes
+        )
     }
 }
 
@@ -141,12 +144,16 @@ fn items_for(chain: &Chain, number: u64, query: &Query) -> Vec<StorageItem> {
             .map(|v| item(&query.key, ItemKind::Hash, blake2_256(v).to_vec()))
             .into_iter()
             .collect(),
-        QueryType::ClosestDescendantMerkleValue => {
-            merkle_value(descendants().collect())
-                .map(|m| item(&query.key, ItemKind::ClosestDescendantMerkleValue, m.to_vec()))
-                .into_iter()
-                .collect()
-        }
+        QueryType::ClosestDescendantMerkleValue => merkle_value(descendants().collect())
+            .map(|m| {
+                item(
+                    &query.key,
+                    ItemKind::ClosestDescendantMerkleValue,
+                    m.to_vec(),
+                )
+            })
+            .into_iter()
+            .collect(),
         QueryType::DescendantsValues => descendants()
             .map(|(k, v)| item(k, ItemKind::Value, v.to_vec()))
             .collect(),
@@ -306,6 +313,9 @@ mod tests {
             "closestDescendantMerkleValue".parse(),
             Ok(QueryType::ClosestDescendantMerkleValue)
         );
-        assert!("values".parse::<QueryType>().unwrap_err().contains("descendantsValues"));
+        assert!("values"
+            .parse::<QueryType>()
+            .unwrap_err()
+            .contains("descendantsValues"));
     }
 }

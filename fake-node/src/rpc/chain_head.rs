@@ -132,8 +132,9 @@ impl Inner {
     }
 
     fn event_json(&self, event: &Event, with_runtime: bool) -> Value {
-        let hashes =
-            |blocks: &[BlockRef]| -> Vec<String> { blocks.iter().map(|b| b.hash.to_string()).collect() };
+        let hashes = |blocks: &[BlockRef]| -> Vec<String> {
+            blocks.iter().map(|b| b.hash.to_string()).collect()
+        };
         match event {
             Event::Initialized { finalized } => {
                 let mut value = json!({
@@ -332,7 +333,10 @@ async fn send_events(
 
 fn header(inner: &mut Inner, args: &[Value]) -> RpcResult<Answer> {
     let subscription = string_arg(args, 0, "followSubscription")?;
-    let hash = block_hash(arg(args, 1).ok_or_else(|| invalid("chainHead_v1_header takes [followSubscription, hash]"))?)?;
+    let hash = block_hash(
+        arg(args, 1)
+            .ok_or_else(|| invalid("chainHead_v1_header takes [followSubscription, hash]"))?,
+    )?;
     let chain = inner.node.chain();
     let Some(entry) = inner.follows.subscriptions.get(subscription) else {
         return Ok(Answer::Now(Value::Null));
@@ -356,7 +360,8 @@ fn operation(
 ) -> RpcResult<Answer> {
     let subscription = string_arg(args, 0, "followSubscription")?;
     let hash = block_hash(
-        arg(args, 1).ok_or_else(|| invalid(format!("{method} takes [followSubscription, hash, …]")))?,
+        arg(args, 1)
+            .ok_or_else(|| invalid(format!("{method} takes [followSubscription, hash, …]")))?,
     )?;
     let Inner { node, follows, .. } = &mut *inner;
     let Some(entry) = follows.subscriptions.get_mut(subscription) else {
@@ -415,12 +420,18 @@ fn call(inner: &mut Inner, args: &[Value]) -> RpcResult<Answer> {
             ));
         }
     }
-    operation(inner, args, "chainHead_v1_call", 1, move |inner, number, _| {
-        vec![match inner.runtime_call(number, &function, &parameters) {
-            Ok(output) => Step::CallDone(output),
-            Err(e) => Step::Error(e.to_string()),
-        }]
-    })
+    operation(
+        inner,
+        args,
+        "chainHead_v1_call",
+        1,
+        move |inner, number, _| {
+            vec![match inner.runtime_call(number, &function, &parameters) {
+                Ok(output) => Step::CallDone(output),
+                Err(e) => Step::Error(e.to_string()),
+            }]
+        },
+    )
 }
 
 fn storage(inner: &mut Inner, args: &[Value]) -> RpcResult<Answer> {
@@ -543,7 +554,8 @@ fn chain_head_method(module: &mut RpcModule<Shared>, name: &'static str, handler
                     tokio::spawn(async move {
                         if sent.await.is_ok() {
                             let mut inner = shared.lock();
-                            if let Some(entry) = inner.follows.subscriptions.get_mut(&subscription) {
+                            if let Some(entry) = inner.follows.subscriptions.get_mut(&subscription)
+                            {
                                 entry.follow.release(&operation);
                                 entry.wake.notify_one();
                             }
@@ -578,7 +590,13 @@ pub(super) fn register(module: &mut RpcModule<Shared>) {
         Ok(NODE_NAME.into())
     });
     faultable(module, "chainSpec_v1_genesisHash", &[], |inner, _| {
-        Ok(inner.node.chain().hash_of(0).expect("genesis exists").to_string().into())
+        Ok(inner
+            .node
+            .chain()
+            .hash_of(0)
+            .expect("genesis exists")
+            .to_string()
+            .into())
     });
     faultable(module, "chainSpec_v1_properties", &[], system_properties);
 }
