@@ -427,3 +427,393 @@ impl Follow {
         self.operations.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::StorageMap;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    const RUNTIME_KEY: &[u8] = b"runtime";
+
+    fn chain(lag: u64) -> Chain {
+        Chain::new(
+            StorageMap::from([(RUNTIME_KEY.to_vec(), vec![1])]),
+            RUNTIME_KEY.to_vec(),
+            lag,
+        )
+    }
+
+    fn build(chain: &mut Chain, n: u64) {
+        for _ in 0..n {
+            chain.build_block();
+            chain.follow_best();
+        }
+    }
+
+    fn drain(follow: &mut Follow, chain: &Chain) -> Vec<Event> {
+        std::iter::from_fn(|| follow.next_event(chain)).collect()
+    }
+
+    fn numbers(blocks: &[BlockRef]) -> Vec<u64> {
+        blocks.iter().map(|b| b.number).collect()
+    }
+
+    #[test]
+    fn initialized_names_the_finalized_block_and_up_to_fifteen_ancestors() {
+        let mut c = chain(0);
+        build(&mut c, 3);
+        let mut f = Follow::new(&c, false, Limits::default());
+        let events = drain(&mut f, &c);
+        assert_eq!(events.len(), 1);
+        let Event::Initialized { finalized } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(numbers(finalized), vec![0, 1, 2, 3]);
+        build(&mut c, 30);
+        let mut f = Follow::new(&c, false, Limits::default());
+        let Some(Event::Initialized { finalized }) = f.next_event(&c) else {
+            panic!("initialized first")
+        };
+        assert_eq!(numbers(&finalized), (18..=33).collect::<Vec<_>>());
+        assert_eq!(f.pinned_count(), 16);
+    }
+
+    #[test]
+    fn blocks_above_finality_are_announced_then_the_best_once() {
+        let mut c = chain(2);
+        build(&mut c, 5);
+        let mut f = Follow::new(&c, true, Limits::default());
+        let events = drain(&mut f, &c);
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| match e {
+                Event::Initialized { .. } => "init".into(),
+                Event::NewBlock { block, .. } => format!("new{}", block.number),
+                Event::BestBlockChanged { best } => format!("best{}", best.number),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, vec!["init", "new4", "new5", "best5"]);
+        build(&mut c, 1);
+        let events = drain(&mut f, &c);
+        assert!(matches!(&events[0], Event::NewBlock { block, .. } if block.number == 6));
+        assert!(matches!(&events[1], Event::BestBlockChanged { best } if best.number == 6));
+        assert!(
+            matches!(&events[2], Event::Finalized { finalized, pruned } if numbers(finalized) == vec![4] && pruned.is_empty())
+        );
+        assert_eq!(events.len(), 3);
+    }
+
+    #[test]
+    fn a_new_runtime_is_flagged_on_the_block_that_changes_it() {
+        let mut c = chain(0);
+        let mut f = Follow::new(&c, true, Limits::default());
+        drain(&mut f, &c);
+        c.set_storage([(RUNTIME_KEY.to_vec(), Some(vec![2]))]);
+        build(&mut c, 2);
+        let flags: Vec<bool> = drain(&mut f, &c)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::NewBlock { new_runtime, .. } => Some(new_runtime),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(flags, vec![true, false]);
+    }
+
+    #[test]
+    fn a_finality_jump_is_one_event_and_a_stall_is_none() {
+        let mut c = chain(0);
+        let mut f = Follow::new(&c, false, Limits::default());
+        drain(&mut f, &c);
+        c.set_stalled(true);
+        build(&mut c, 4);
+        let stalled = drain(&mut f, &c);
+        assert_eq!(stalled.len(), 8);
+        assert!(!stalled.iter().any(|e| matches!(e, Event::Finalized { .. })));
+        c.set_stalled(false);
+        c.follow_best();
+        let jump = drain(&mut f, &c);
+        assert!(
+            matches!(&jump[..], [Event::Finalized { finalized, .. }] if numbers(finalized) == vec![1, 2, 3, 4]),
+            "{jump:?}"
+        );
+    }
+
+    #[test]
+    fn too_many_pinned_finalized_blocks_stop_the_subscription() {
+        let limits = Limits {
+            max_pinned_finalized: 4,
+            ..Limits::default()
+        };
+        let mut c = chain(0);
+        let mut f = Follow::new(&c, false, limits);
+        drain(&mut f, &c);
+        build(&mut c, 3);
+        let events = drain(&mut f, &c);
+        assert!(!events.contains(&Event::Stop), "{events:?}");
+        assert_eq!(f.pinned_count(), 4);
+        // Unpinning keeps the subscription alive...
+        let genesis = c.hash_of(0).unwrap();
+        f.unpin(&c, &[genesis]).unwrap();
+        build(&mut c, 1);
+        assert!(!drain(&mut f, &c).contains(&Event::Stop));
+        // ...holding on to every block does not.
+        build(&mut c, 1);
+        let events = drain(&mut f, &c);
+        assert_eq!(events.last(), Some(&Event::Stop), "{events:?}");
+        assert!(f.is_stopped());
+        build(&mut c, 1);
+        assert_eq!(f.next_event(&c), None);
+    }
+
+    #[test]
+    fn non_finalized_blocks_do_not_count_against_the_pin_limit() {
+        let limits = Limits {
+            max_pinned_finalized: 4,
+            ..Limits::default()
+        };
+        let mut c = chain(0);
+        c.set_stalled(true);
+        let mut f = Follow::new(&c, false, limits);
+        build(&mut c, 100);
+        let events = drain(&mut f, &c);
+        assert!(!events.contains(&Event::Stop));
+        assert_eq!(f.pinned_count(), 101);
+    }
+
+    #[test]
+    fn a_client_that_takes_nothing_for_the_grace_is_stopped() {
+        let c = chain(0);
+        let mut f = Follow::new(&c, false, Limits::default());
+        let start = Instant::now();
+        let grace = Limits::default().slow_client_grace;
+        assert!(!f.check_slow_client(start, start + grace / 2));
+        assert!(!f.is_stopped());
+        assert!(f.check_slow_client(start, start + grace));
+        // The queued initialized event is dropped: stop is all that is left.
+        assert_eq!(drain(&mut f, &c), vec![Event::Stop]);
+    }
+
+    #[test]
+    fn unpin_is_all_or_nothing() {
+        let mut c = chain(0);
+        build(&mut c, 2);
+        let mut f = Follow::new(&c, false, Limits::default());
+        let (h1, h2) = (c.hash_of(1).unwrap(), c.hash_of(2).unwrap());
+        let unknown = BlockHash([7; 32]);
+        assert_eq!(f.unpin(&c, &[h1, unknown]), Err(Refusal::NotPinned));
+        assert_eq!(f.pinned_number(&c, &h1), Some(1));
+        f.unpin(&c, &[h1, h2]).unwrap();
+        assert_eq!(f.pinned_number(&c, &h1), None);
+        assert_eq!(f.unpin(&c, &[h1]), Err(Refusal::NotPinned));
+    }
+
+    #[test]
+    fn operation_events_wait_for_the_response_and_pause_for_continue() {
+        let c = chain(0);
+        let genesis = c.hash_of(0).unwrap();
+        let mut f = Follow::new(&c, false, Limits::default());
+        drain(&mut f, &c);
+        let (started, number) = f.start_operation(&c, &genesis, 2).unwrap();
+        assert_eq!((started.discarded, number), (0, 0));
+        let page = |n: u8| {
+            Step::StorageItems(vec![StorageItem {
+                key: vec![n],
+                kind: ItemKind::Value,
+                data: vec![n],
+            }])
+        };
+        f.respond(
+            &started.id,
+            vec![
+                page(1),
+                Step::WaitingForContinue,
+                page(2),
+                Step::StorageDone,
+            ],
+        );
+        assert_eq!(f.next_event(&c), None, "nothing before the response is out");
+        assert_eq!(f.continue_operation(&started.id), Err(Refusal::NotWaiting));
+        f.release(&started.id);
+        let op = |step| Event::Operation {
+            id: started.id.clone(),
+            step,
+        };
+        assert_eq!(
+            drain(&mut f, &c),
+            vec![op(page(1)), op(Step::WaitingForContinue)]
+        );
+        assert_eq!(f.operations_in_flight(), 1);
+        f.continue_operation(&started.id).unwrap();
+        assert_eq!(drain(&mut f, &c), vec![op(page(2)), op(Step::StorageDone)]);
+        assert_eq!(f.operations_in_flight(), 0);
+        assert_eq!(
+            f.continue_operation(&started.id),
+            Ok(()),
+            "ended: no effect"
+        );
+    }
+
+    #[test]
+    fn operations_take_free_slots_and_discard_the_rest() {
+        let c = chain(0);
+        let genesis = c.hash_of(0).unwrap();
+        let mut f = Follow::new(&c, false, Limits::default());
+        let (big, _) = f.start_operation(&c, &genesis, 20).unwrap();
+        assert_eq!(big.discarded, 4);
+        assert_eq!(
+            f.start_operation(&c, &genesis, 1),
+            Err(Refusal::LimitReached)
+        );
+        f.stop_operation(&big.id);
+        let (small, _) = f.start_operation(&c, &genesis, 1).unwrap();
+        assert_ne!(small.id, big.id);
+        f.respond(&small.id, vec![Step::BodyDone(Vec::new())]);
+        f.release(&small.id);
+        assert_eq!(f.operations_in_flight(), 0);
+        assert_eq!(
+            f.start_operation(&c, &BlockHash([1; 32]), 1),
+            Err(Refusal::NotPinned)
+        );
+        let (empty, _) = f.start_operation(&c, &genesis, 0).unwrap();
+        assert_eq!(empty.discarded, 0);
+    }
+
+    #[test]
+    fn a_stopped_subscription_refuses_operations_and_drops_their_events() {
+        let c = chain(0);
+        let genesis = c.hash_of(0).unwrap();
+        let mut f = Follow::new(&c, false, Limits::default());
+        let (op, _) = f.start_operation(&c, &genesis, 1).unwrap();
+        f.stop();
+        f.respond(&op.id, vec![Step::BodyDone(Vec::new())]);
+        f.release(&op.id);
+        assert_eq!(drain(&mut f, &c), vec![Event::Stop]);
+        assert_eq!(
+            f.start_operation(&c, &genesis, 1),
+            Err(Refusal::LimitReached)
+        );
+    }
+
+    /// What happens to the chain, or what the client does, between two looks at the events.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Build(u64),
+        Stall(bool),
+        Lag(u64),
+        Finalize(u64),
+        Upgrade,
+        /// Take up to this many events.
+        Read(usize),
+        /// Unpin every finalized block but the last.
+        UnpinFinalized,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u64..20).prop_map(Op::Build),
+            any::<bool>().prop_map(Op::Stall),
+            (0u64..5).prop_map(Op::Lag),
+            (0u64..60).prop_map(Op::Finalize),
+            Just(Op::Upgrade),
+            (0usize..30).prop_map(Op::Read),
+            Just(Op::UnpinFinalized),
+        ]
+    }
+
+    /// Checks the spec's guarantees over a whole event stream, event by event.
+    #[derive(Default)]
+    struct Checker {
+        announced: HashSet<BlockHash>,
+        finalized: Option<u64>,
+        stopped: bool,
+        initialized: bool,
+    }
+
+    impl Checker {
+        fn see(&mut self, event: &Event) {
+            assert!(!self.stopped, "event after stop: {event:?}");
+            if !self.initialized {
+                assert!(
+                    matches!(event, Event::Initialized { .. } | Event::Stop),
+                    "first: {event:?}"
+                );
+            }
+            match event {
+                Event::Initialized { finalized } => {
+                    assert!(!self.initialized, "initialized twice");
+                    self.initialized = true;
+                    assert!(!finalized.is_empty());
+                    assert!(finalized.windows(2).all(|w| w[1].number == w[0].number + 1));
+                    self.announced.extend(finalized.iter().map(|b| b.hash));
+                    self.finalized = finalized.last().map(|b| b.number);
+                }
+                Event::NewBlock { block, parent, .. } => {
+                    assert!(self.announced.contains(parent), "parent first: {event:?}");
+                    assert!(self.announced.insert(block.hash), "announced twice");
+                }
+                Event::BestBlockChanged { best } => {
+                    assert!(self.announced.contains(&best.hash));
+                }
+                Event::Finalized { finalized, pruned } => {
+                    assert!(pruned.is_empty());
+                    let last = self.finalized.expect("initialized");
+                    assert_eq!(finalized.first().map(|b| b.number), Some(last + 1));
+                    assert!(finalized.windows(2).all(|w| w[1].number == w[0].number + 1));
+                    assert!(finalized.iter().all(|b| self.announced.contains(&b.hash)));
+                    self.finalized = finalized.last().map(|b| b.number);
+                }
+                Event::Operation { .. } => {}
+                Event::Stop => self.stopped = true,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_history_gives_a_consistent_event_stream(
+            lag in 0u64..4,
+            with_runtime in any::<bool>(),
+            ops in proptest::collection::vec(op(), 0..40),
+        ) {
+            let limits = Limits { max_pinned_finalized: 40, ..Limits::default() };
+            let mut c = chain(lag);
+            build(&mut c, 3);
+            let mut f = Follow::new(&c, with_runtime, limits);
+            let mut checker = Checker::default();
+            let mut version = 1u8;
+            for op in ops {
+                match op {
+                    Op::Build(n) => build(&mut c, n),
+                    Op::Stall(s) => { c.set_stalled(s); c.follow_best(); }
+                    Op::Lag(l) => { c.set_finality_lag(l); c.follow_best(); }
+                    Op::Finalize(n) => { let _ = c.finalize(n); }
+                    Op::Upgrade => { version += 1; c.set_storage([(RUNTIME_KEY.to_vec(), Some(vec![version]))]); }
+                    Op::Read(n) => for _ in 0..n {
+                        match f.next_event(&c) { Some(e) => checker.see(&e), None => break }
+                    },
+                    Op::UnpinFinalized => {
+                        if let Some(last) = checker.finalized {
+                            let old: Vec<BlockHash> = (0..last)
+                                .filter_map(|n| c.hash_of(n))
+                                .filter(|h| f.pinned_number(&c, h).is_some())
+                                .collect();
+                            f.unpin(&c, &old).unwrap();
+                        }
+                    }
+                }
+                let pinned_finalized = checker.finalized.map_or(0, |n| f.pinned.range(..=n).count());
+                prop_assert!(checker.stopped || pinned_finalized <= limits.max_pinned_finalized);
+            }
+            // A client that reads everything ends up exactly where the chain is, or stopped.
+            for e in drain(&mut f, &c) { checker.see(&e); }
+            if !checker.stopped {
+                prop_assert_eq!(f.announced, c.best().number);
+                prop_assert_eq!(checker.finalized, Some(c.finalized().number));
+            }
+        }
+    }
+}
