@@ -254,10 +254,9 @@ async fn follow(shared: Arc<Shared>, params: Params<'static>, pending: PendingSu
         );
         return pending.reject(error(TOO_MANY_FOLLOWS, message)).await;
     }
-    let Ok(sink) = pending.accept().await else {
-        return;
-    };
-    let id = subscription_id(&sink.subscription_id());
+    // The subscription starts from the chain as it is now, before the client learns its id: a
+    // block built once the client has the id is always announced as a new block.
+    let id = subscription_id(&pending.subscription_id());
     let wake = Arc::new(Notify::new());
     let limits = Limits::default();
     {
@@ -270,6 +269,10 @@ async fn follow(shared: Arc<Shared>, params: Params<'static>, pending: PendingSu
         };
         inner.follows.subscriptions.insert(id.clone(), entry);
     }
+    let Ok(sink) = pending.accept().await else {
+        shared.lock().follows.subscriptions.remove(&id);
+        return;
+    };
     send_events(&shared, &sink, &id, &wake, limits).await;
     shared.lock().follows.subscriptions.remove(&id);
 }
