@@ -8,7 +8,7 @@
 //! client always learns an `operationId` before its events (polkadot-api drops events for an id
 //! it does not know yet).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use engine_shim::block::{BlockHash, BlockRef};
 use jsonrpsee::server::{PendingSubscriptionSink, RpcModule, SubscriptionSink};
 use jsonrpsee::types::{ErrorObjectOwned, Params, SubscriptionId};
 use jsonrpsee::ResponsePayload;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -24,6 +25,9 @@ use super::substrate::{faultable, system_properties};
 use super::{Inner, RpcResult, Shared, NODE_NAME};
 use crate::chain_head::{Event, Follow, Limits, Query, Refusal, Started, Step};
 use crate::fault::FaultMode;
+
+/// How many events a follow task takes per lock.
+const BATCH: usize = 64;
 
 /// Follow subscriptions one connection may hold; the spec requires at least 2.
 const MAX_FOLLOWS_PER_CONNECTION: usize = 4;
@@ -179,28 +183,43 @@ impl Inner {
         }
     }
 
-    /// The next event of subscription `id` as JSON, whether it is `stop`, or `None` when the
-    /// subscription is up to date; `Err(())` when the subscription is gone. A `stop` removes the
+    /// Up to [`BATCH`] events of subscription `id` as JSON, `stop` last if it comes; empty
+    /// when the subscription is up to date, `None` when it is gone. Taking `stop` removes the
     /// subscription, so later calls on it answer as for an unknown one.
-    #[allow(clippy::result_unit_err)]
-    fn next_follow_event(&mut self, id: &str) -> Result<Option<(Value, bool)>, ()> {
+    fn next_follow_events(&mut self, id: &str) -> Option<VecDeque<Outgoing>> {
         let Inner { node, follows, .. } = self;
-        let entry = follows.subscriptions.get_mut(id).ok_or(())?;
+        let entry = follows.subscriptions.get_mut(id)?;
         let with_runtime = entry.follow.with_runtime();
-        let Some(event) = entry.follow.next_event(node.chain()) else {
-            return Ok(None);
-        };
-        let stop = event == Event::Stop;
-        if stop {
+        let events: Vec<Event> = std::iter::from_fn(|| entry.follow.next_event(node.chain()))
+            .take(BATCH)
+            .collect();
+        if events.last() == Some(&Event::Stop) {
             follows.subscriptions.remove(id);
         }
-        let mut json = self.event_json(&event, with_runtime);
         let mode = self.node.fault("chainHead_v1_follow");
-        if matches!(mode, FaultMode::Garbage | FaultMode::NonHex) {
-            json = mode.corrupt(json);
-        }
-        Ok(Some((json, stop)))
+        let outgoing = events
+            .iter()
+            .map(|event| {
+                let mut json = self.event_json(event, with_runtime);
+                if matches!(mode, FaultMode::Garbage | FaultMode::NonHex) {
+                    json = mode.corrupt(json);
+                }
+                let json = serde_json::value::to_raw_value(&json).expect("event JSON serializes");
+                match event {
+                    Event::Stop => Outgoing::Stop(json),
+                    _ => Outgoing::Event(json),
+                }
+            })
+            .collect();
+        Some(outgoing)
     }
+}
+
+/// An event ready to send.
+enum Outgoing {
+    Event(Box<RawValue>),
+    /// The last event of the subscription.
+    Stop(Box<RawValue>),
 }
 
 fn step_json(id: &str, step: &Step) -> Value {
@@ -287,16 +306,16 @@ async fn send_events(
     limits: Limits,
 ) {
     let mut changed = shared.changed.subscribe();
-    let mut unsent: Option<(Value, bool)> = None;
+    let mut unsent: VecDeque<Outgoing> = VecDeque::new();
     loop {
-        changed.borrow_and_update();
-        if unsent.is_none() {
-            unsent = match shared.lock().next_follow_event(id) {
-                Err(()) => return,
-                Ok(next) => next,
-            };
+        if unsent.is_empty() {
+            changed.borrow_and_update();
+            match shared.lock().next_follow_events(id) {
+                None => return,
+                Some(events) => unsent = events,
+            }
         }
-        let Some((json, stop)) = &unsent else {
+        let Some(next) = unsent.front() else {
             tokio::select! {
                 woke = changed.changed() => if woke.is_err() { return },
                 _ = wake.notified() => {}
@@ -304,28 +323,31 @@ async fn send_events(
             }
             continue;
         };
-        let message = serde_json::value::to_raw_value(json).expect("event JSON serializes");
-        if *stop {
-            tokio::select! {
-                _ = sink.send(message) => {}
-                _ = sink.closed() => {}
+        let message = match next {
+            Outgoing::Stop(json) => {
+                // The client may read again later: it then finds `stop` after what was on its way.
+                tokio::select! {
+                    _ = sink.send(json.clone()) => {}
+                    _ = sink.closed() => {}
+                }
+                return;
             }
-            return;
-        }
+            Outgoing::Event(json) => json.clone(),
+        };
         let waiting_since = Instant::now();
         tokio::select! {
             sent = sink.send(message) => {
                 if sent.is_err() {
                     return;
                 }
-                unsent = None;
+                unsent.pop_front();
             }
             _ = tokio::time::sleep(limits.slow_client_grace) => {
                 let mut inner = shared.lock();
                 if let Some(entry) = inner.follows.subscriptions.get_mut(id) {
                     if entry.follow.check_slow_client(waiting_since, Instant::now()) {
                         tracing::info!(subscription = id, "chainHead follow stopped: the client takes no events");
-                        unsent = None;
+                        unsent.clear();
                     }
                 }
             }
