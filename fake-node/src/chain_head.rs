@@ -15,10 +15,14 @@
 //!   block in ascending order, so a finality jump arrives as one event and a stall as none;
 //! - fake-node has no forks, so `prunedBlockHashes` is always empty.
 //!
-//! The subscription is stopped (one `stop` event, then nothing) when the client pins more
-//! finalized blocks than [`Limits::max_pinned_finalized`] (the spec's advice: count only finalized
-//! blocks, so a long finality stall does not kill every subscription), or when its connection
-//! has taken no event for [`Limits::slow_client_grace`] while events were waiting.
+//! Pinned blocks are bounded by counting those at or below the finalized block (the spec's
+//! advice, so a long finality stall does not kill every subscription): a move of finality that
+//! would leave more than [`Limits::max_pinned_finalized`] pinned waits for the client to unpin.
+//! Blocks come in bulk on a mock chain (`dev_newBlock({"count": 1000})`) and clients unpin
+//! asynchronously, so waiting briefly keeps such clients following where stopping at once would
+//! make them re-follow. The subscription is stopped (one `stop` event, then nothing) when the
+//! client has not unpinned within [`Limits::slow_client_grace`], or when its connection has taken
+//! no event for that long while events were waiting.
 
 pub mod query;
 
@@ -35,14 +39,15 @@ pub use query::{ItemKind, Query, QueryType, StorageItem};
 pub struct Limits {
     /// Finalized blocks reported by `initialized`: the finalized block and its ancestors.
     pub initial_finalized: usize,
-    /// Pinned blocks at or below the finalized block; one more stops the subscription.
+    /// Pinned blocks at or below the finalized block; finality waits for unpins beyond it.
     pub max_pinned_finalized: usize,
     /// Operations in flight (each storage item counts as one); the spec requires at least 16.
     pub max_operations: usize,
     /// Storage items per `operationStorageItems` event for descendant queries, before the client
     /// must call `chainHead_v1_continue`.
     pub storage_page: usize,
-    /// How long events may wait for a connection that takes none before the subscription stops.
+    /// How long events may wait for a connection that takes none, or finality for the client to
+    /// unpin, before the subscription stops.
     pub slow_client_grace: Duration,
 }
 
@@ -53,7 +58,7 @@ impl Default for Limits {
             max_pinned_finalized: 512,
             max_operations: 16,
             storage_page: 5,
-            slow_client_grace: Duration::from_secs(3),
+            slow_client_grace: Duration::from_secs(5),
         }
     }
 }
@@ -152,6 +157,8 @@ pub struct Follow {
     initial_best: u64,
     /// Index into [`Chain::finality_moves`] of the next move to report.
     moves_cursor: usize,
+    /// Since when the next finality move has waited for the client to unpin.
+    unpin_wait_since: Option<Instant>,
     outbox: VecDeque<Event>,
     operations: BTreeMap<String, Operation>,
     slots_in_use: usize,
@@ -184,6 +191,7 @@ impl Follow {
             finalized_reported: finalized.number,
             initial_best: chain.best().number,
             moves_cursor: chain.finality_moves().len(),
+            unpin_wait_since: None,
             outbox: VecDeque::new(),
             operations: BTreeMap::new(),
             slots_in_use: 0,
@@ -206,8 +214,9 @@ impl Follow {
     }
 
     /// The next event for the client, generating it from the chain when nothing is queued;
-    /// `None` when the client is up to date. After `Stop`, always `None`.
-    pub fn next_event(&mut self, chain: &Chain) -> Option<Event> {
+    /// `None` when the client is up to date (or finality waits for unpins: see
+    /// [`Follow::deadline`]). After `Stop`, always `None`.
+    pub fn next_event(&mut self, chain: &Chain, now: Instant) -> Option<Event> {
         match self.state {
             State::Stopped => return None,
             State::Stopping => {
@@ -219,16 +228,16 @@ impl Follow {
         if let Some(event) = self.outbox.pop_front() {
             return Some(event);
         }
-        self.follow_chain(chain);
+        self.follow_chain(chain, now);
         if self.state == State::Stopping {
-            return self.next_event(chain);
+            return self.next_event(chain, now);
         }
         self.outbox.pop_front()
     }
 
     /// Queues the chain's next change: the next block, else the next move of finality (as a
     /// node imports a block before finalizing it).
-    fn follow_chain(&mut self, chain: &Chain) {
+    fn follow_chain(&mut self, chain: &Chain, now: Instant) {
         if self.announced < chain.best().number {
             return self.announce_next(chain);
         }
@@ -236,15 +245,19 @@ impl Follow {
             if target <= self.finalized_reported {
                 // Finality moved before this subscription started.
                 self.moves_cursor += 1;
-                return self.follow_chain(chain);
+                return self.follow_chain(chain, now);
             }
             if target <= self.best_reported {
-                self.moves_cursor += 1;
                 let pinned_finalized = self.pinned.range(..=target).count();
                 if pinned_finalized > self.limits.max_pinned_finalized {
-                    self.stop();
+                    let since = *self.unpin_wait_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= self.limits.slow_client_grace {
+                        self.stop();
+                    }
                     return;
                 }
+                self.unpin_wait_since = None;
+                self.moves_cursor += 1;
                 let finalized = (self.finalized_reported + 1..=target)
                     .map(|n| chain.block_ref(n).expect("finalized blocks exist"))
                     .collect();
@@ -283,6 +296,17 @@ impl Follow {
             self.outbox.clear();
             self.operations.clear();
             self.slots_in_use = 0;
+        }
+    }
+
+    /// When the subscription stops unless the client unpins: the shell calls
+    /// [`Follow::next_event`] again then.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Live => self
+                .unpin_wait_since
+                .map(|since| since + self.limits.slow_client_grace),
+            _ => None,
         }
     }
 
@@ -453,7 +477,11 @@ mod tests {
     }
 
     fn drain(follow: &mut Follow, chain: &Chain) -> Vec<Event> {
-        std::iter::from_fn(|| follow.next_event(chain)).collect()
+        drain_at(follow, chain, Instant::now())
+    }
+
+    fn drain_at(follow: &mut Follow, chain: &Chain, now: Instant) -> Vec<Event> {
+        std::iter::from_fn(|| follow.next_event(chain, now)).collect()
     }
 
     fn numbers(blocks: &[BlockRef]) -> Vec<u64> {
@@ -473,7 +501,7 @@ mod tests {
         assert_eq!(numbers(finalized), vec![0, 1, 2, 3]);
         build(&mut c, 30);
         let mut f = Follow::new(&c, false, Limits::default());
-        let Some(Event::Initialized { finalized }) = f.next_event(&c) else {
+        let Some(Event::Initialized { finalized }) = f.next_event(&c, Instant::now()) else {
             panic!("initialized first")
         };
         assert_eq!(numbers(&finalized), (18..=33).collect::<Vec<_>>());
@@ -543,30 +571,43 @@ mod tests {
     }
 
     #[test]
-    fn too_many_pinned_finalized_blocks_stop_the_subscription() {
+    fn finality_waits_for_unpins_beyond_the_pin_limit_then_stops() {
         let limits = Limits {
             max_pinned_finalized: 4,
             ..Limits::default()
         };
+        let start = Instant::now();
         let mut c = chain(0);
         let mut f = Follow::new(&c, false, limits);
-        drain(&mut f, &c);
-        build(&mut c, 3);
-        let events = drain(&mut f, &c);
-        assert!(!events.contains(&Event::Stop), "{events:?}");
-        assert_eq!(f.pinned_count(), 4);
-        // Unpinning keeps the subscription alive...
+        drain_at(&mut f, &c, start);
+        build(&mut c, 5);
+        let events = drain_at(&mut f, &c, start);
+        let finalized: Vec<u64> = events
+            .iter()
+            .flat_map(|e| match e {
+                Event::Finalized { finalized, .. } => numbers(finalized),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(finalized, vec![1, 2, 3], "{events:?}");
+        assert_eq!(f.deadline(), Some(start + limits.slow_client_grace));
+        // Unpinning lets finality go on...
         let genesis = c.hash_of(0).unwrap();
         f.unpin(&c, &[genesis]).unwrap();
-        build(&mut c, 1);
-        assert!(!drain(&mut f, &c).contains(&Event::Stop));
-        // ...holding on to every block does not.
-        build(&mut c, 1);
-        let events = drain(&mut f, &c);
-        assert_eq!(events.last(), Some(&Event::Stop), "{events:?}");
+        let events = drain_at(&mut f, &c, start);
+        assert!(
+            matches!(&events[..], [Event::Finalized { finalized, .. }] if numbers(finalized) == vec![4])
+        );
+        // ...holding on to every block stops the subscription after the grace.
+        let later = start + limits.slow_client_grace / 2;
+        assert_eq!(drain_at(&mut f, &c, later), vec![]);
+        assert!(!f.is_stopped());
+        let deadline = f.deadline().expect("waiting for unpins");
+        assert_eq!(drain_at(&mut f, &c, deadline), vec![Event::Stop]);
         assert!(f.is_stopped());
+        assert_eq!(f.deadline(), None);
         build(&mut c, 1);
-        assert_eq!(f.next_event(&c), None);
+        assert_eq!(f.next_event(&c, deadline), None);
     }
 
     #[test]
@@ -635,7 +676,11 @@ mod tests {
                 Step::StorageDone,
             ],
         );
-        assert_eq!(f.next_event(&c), None, "nothing before the response is out");
+        assert_eq!(
+            f.next_event(&c, Instant::now()),
+            None,
+            "nothing before the response is out"
+        );
         assert_eq!(f.continue_operation(&started.id), Err(Refusal::NotWaiting));
         f.release(&started.id);
         let op = |step| Event::Operation {
@@ -785,6 +830,7 @@ mod tests {
             let mut f = Follow::new(&c, with_runtime, limits);
             let mut checker = Checker::default();
             let mut version = 1u8;
+            let now = Instant::now();
             for op in ops {
                 match op {
                     Op::Build(n) => build(&mut c, n),
@@ -793,7 +839,7 @@ mod tests {
                     Op::Finalize(n) => { let _ = c.finalize(n); }
                     Op::Upgrade => { version += 1; c.set_storage([(RUNTIME_KEY.to_vec(), Some(vec![version]))]); }
                     Op::Read(n) => for _ in 0..n {
-                        match f.next_event(&c) { Some(e) => checker.see(&e), None => break }
+                        match f.next_event(&c, now) { Some(e) => checker.see(&e), None => break }
                     },
                     Op::UnpinFinalized => {
                         if let Some(last) = checker.finalized {
@@ -808,8 +854,11 @@ mod tests {
                 let pinned_finalized = checker.finalized.map_or(0, |n| f.pinned.range(..=n).count());
                 prop_assert!(checker.stopped || pinned_finalized <= limits.max_pinned_finalized);
             }
-            // A client that reads everything ends up exactly where the chain is, or stopped.
-            for e in drain(&mut f, &c) { checker.see(&e); }
+            // A client that reads everything ends up exactly where the chain is, or is stopped
+            // for holding more pins than the limit past the grace.
+            let late = now + limits.slow_client_grace;
+            for e in drain_at(&mut f, &c, late) { checker.see(&e); }
+            for e in drain_at(&mut f, &c, late + limits.slow_client_grace) { checker.see(&e); }
             if !checker.stopped {
                 prop_assert_eq!(f.announced, c.best().number);
                 prop_assert_eq!(checker.finalized, Some(c.finalized().number));

@@ -183,16 +183,19 @@ impl Inner {
         }
     }
 
-    /// Up to [`BATCH`] events of subscription `id` as JSON, `stop` last if it comes; empty
-    /// when the subscription is up to date, `None` when it is gone. Taking `stop` removes the
+    /// Up to [`BATCH`] events of subscription `id` as JSON, `stop` last if it comes (empty when
+    /// the subscription is up to date), and when to look again if the client does not unpin;
+    /// `None` when the subscription is gone. Taking `stop` removes the
     /// subscription, so later calls on it answer as for an unknown one.
-    fn next_follow_events(&mut self, id: &str) -> Option<VecDeque<Outgoing>> {
+    fn next_follow_events(&mut self, id: &str) -> Option<(VecDeque<Outgoing>, Option<Instant>)> {
+        let now = Instant::now();
         let Inner { node, follows, .. } = self;
         let entry = follows.subscriptions.get_mut(id)?;
         let with_runtime = entry.follow.with_runtime();
-        let events: Vec<Event> = std::iter::from_fn(|| entry.follow.next_event(node.chain()))
+        let events: Vec<Event> = std::iter::from_fn(|| entry.follow.next_event(node.chain(), now))
             .take(BATCH)
             .collect();
+        let deadline = entry.follow.deadline();
         if events.last() == Some(&Event::Stop) {
             follows.subscriptions.remove(id);
         }
@@ -211,7 +214,7 @@ impl Inner {
                 }
             })
             .collect();
-        Some(outgoing)
+        Some((outgoing, deadline))
     }
 }
 
@@ -307,18 +310,26 @@ async fn send_events(
 ) {
     let mut changed = shared.changed.subscribe();
     let mut unsent: VecDeque<Outgoing> = VecDeque::new();
+    let mut deadline = None;
     loop {
         if unsent.is_empty() {
             changed.borrow_and_update();
             match shared.lock().next_follow_events(id) {
                 None => return,
-                Some(events) => unsent = events,
+                Some((events, next_deadline)) => (unsent, deadline) = (events, next_deadline),
             }
         }
         let Some(next) = unsent.front() else {
+            let unpin_deadline = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 woke = changed.changed() => if woke.is_err() { return },
                 _ = wake.notified() => {}
+                _ = unpin_deadline => {}
                 _ = sink.closed() => return,
             }
             continue;
@@ -552,6 +563,8 @@ fn unpin(inner: &mut Inner, args: &[Value]) -> RpcResult<Answer> {
                 .expect("a hash is not pinned");
             invalid_block(missing)
         })?;
+        // Finality may have waited for these unpins.
+        entry.wake.notify_one();
     }
     Ok(Answer::Now(Value::Null))
 }
