@@ -26,6 +26,8 @@ async fn spawn() -> FakeNodeHandle {
 
 async fn connect(node: &FakeNodeHandle) -> WsClient {
     WsClientBuilder::default()
+        // A test reads at its own pace: the client must not drop a subscription it buffers.
+        .max_buffer_capacity_per_subscription(100_000)
         .build(node.url())
         .await
         .expect("client connects")
@@ -787,5 +789,43 @@ async fn a_client_that_stops_reading_gets_stop_instead_of_unbounded_buffering() 
     .await
     .unwrap();
     assert!(last.0 < 100_000, "stopped after {} events", last.0);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_unpins_follows_a_bulk_build_past_the_pin_limit() {
+    let node = spawn().await;
+    let client = connect(&node).await;
+    let mut sub = follow(&client, false).await;
+    let init = sub.expect("initialized").await;
+    call(
+        &client,
+        "chainHead_v1_unpin",
+        rpc_params![&sub.id, init["finalizedBlockHashes"].clone()],
+    )
+    .await;
+    // More finalized blocks than a subscription may keep pinned, all at once.
+    let head = call(&client, "dev_newBlock", rpc_params![json!({"count": 1000})]).await;
+    let mut finalized = Vec::new();
+    while finalized.last() != Some(&head) {
+        let event = sub.next().await;
+        assert_ne!(
+            event["event"],
+            "stop",
+            "stopped after {} finalized",
+            finalized.len()
+        );
+        if event["event"] == "finalized" {
+            let hashes = event["finalizedBlockHashes"].clone();
+            call(
+                &client,
+                "chainHead_v1_unpin",
+                rpc_params![&sub.id, hashes.clone()],
+            )
+            .await;
+            finalized.extend(hashes.as_array().unwrap().iter().cloned());
+        }
+    }
+    assert_eq!(finalized.len(), 1000);
     node.shutdown().await;
 }

@@ -2,8 +2,9 @@
 //! [`crate::chain_head::Follow`], one per follow subscription, kept in [`Follows`] under the
 //! node's lock.
 //!
-//! Each follow subscription is a task that takes one event at a time from its machine and sends
-//! it; it wakes when the chain changes or an operation has events. Operation events are released
+//! Each follow subscription is a task that takes events from its machine (a batch per lock) and
+//! sends them as the connection accepts them; it wakes when the chain changes, an operation has
+//! events, the client unpins, or a deadline of the machine passes. Operation events are released
 //! only once the response that started the operation has been queued on the connection, so a
 //! client always learns an `operationId` before its events (polkadot-api drops events for an id
 //! it does not know yet).
