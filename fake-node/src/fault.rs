@@ -47,6 +47,17 @@ pub const FAULTABLE_METHODS: &[(&str, &[&str])] = &[
         "state_subscribeRuntimeVersion",
         &["chain_subscribeRuntimeVersion"],
     ),
+    ("chainHead_v1_follow", &[]),
+    ("chainHead_v1_header", &[]),
+    ("chainHead_v1_body", &[]),
+    ("chainHead_v1_call", &[]),
+    ("chainHead_v1_storage", &[]),
+    ("chainHead_v1_continue", &[]),
+    ("chainHead_v1_stopOperation", &[]),
+    ("chainHead_v1_unpin", &[]),
+    ("chainSpec_v1_chainName", &[]),
+    ("chainSpec_v1_genesisHash", &[]),
+    ("chainSpec_v1_properties", &[]),
 ];
 
 /// The canonical name of a faultable method or one of its aliases.

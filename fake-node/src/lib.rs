@@ -13,6 +13,7 @@
 )]
 
 pub mod chain;
+pub mod chain_head;
 pub mod double;
 pub mod fault;
 pub mod metadata;

@@ -8,6 +8,7 @@
 //! methods, [`runtime_api`] the metadata, runtime calls and runtime version subscription.
 
 mod blocks;
+mod chain_head;
 mod control;
 mod heads;
 mod params;
@@ -55,6 +56,7 @@ struct Inner {
     node: NodeState,
     headers: HeaderCache,
     methods: Vec<&'static str>,
+    follows: chain_head::Follows,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
                 node,
                 headers: HeaderCache::default(),
                 methods: Vec::new(),
+                follows: chain_head::Follows::default(),
             }),
             changed: watch::Sender::new(()),
             conns,
@@ -164,6 +167,7 @@ pub fn module(shared: Arc<Shared>) -> RpcModule<Shared> {
     blocks::register(&mut module);
     storage::register(&mut module);
     heads::register(&mut module);
+    chain_head::register(&mut module);
     control::register(&mut module);
     runtime_api::register(&mut module);
 

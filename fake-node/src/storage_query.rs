@@ -125,16 +125,27 @@ pub fn written(chain: &Chain, number: u64) -> Vec<StorageChange> {
         .collect()
 }
 
+/// Every key under `prefix` at block `number` with its value, in key order (stored and computed
+/// storage alike).
+pub fn entries(chain: &Chain, number: u64, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    keys(chain, number, prefix, None, usize::MAX)
+        .into_iter()
+        .filter_map(|key| {
+            let value = value(chain, number, &key)?;
+            Some((key, value))
+        })
+        .collect()
+}
+
 /// `state_getStorageSize`: the length of the value under `key`, or else the total length of the
 /// values under `key` taken as a prefix (a whole map); `None` when that is nothing.
 pub fn size(chain: &Chain, number: u64, key: &[u8]) -> Option<u64> {
     if let Some(value) = value(chain, number, key) {
         return Some(value.len() as u64);
     }
-    let total: u64 = keys(chain, number, key, None, usize::MAX)
+    let total: u64 = entries(chain, number, key)
         .iter()
-        .filter_map(|k| value(chain, number, k))
-        .map(|v| v.len() as u64)
+        .map(|(_, v)| v.len() as u64)
         .sum();
     (total > 0).then_some(total)
 }
@@ -256,6 +267,7 @@ impl StorageWatch {
 mod tests {
     use super::*;
     use crate::chain::StorageMap;
+    use crate::system_storage::SystemItem;
 
     const RUNTIME: &[u8] = b"release";
 
@@ -299,7 +311,15 @@ mod tests {
         assert_eq!(keys(&chain, 0, b"ab", Some(b"a"), 1), owned(&[b"ab1"]));
         assert!(keys(&chain, 0, b"ab", Some(b"ab3"), 10).is_empty());
         assert!(keys(&chain, 0, b"ab", Some(b"b"), 10).is_empty());
-        assert_eq!(keys(&chain, 0, b"", None, 10).len(), 5);
+        // Everything: the five stored keys and genesis' computed ones (ParentHash, BlockHash(0),
+        // :code), merged in order.
+        let all = keys(&chain, 0, b"", None, 10);
+        assert_eq!(all.len(), 5 + system_storage::keys_at(0).len());
+        assert!(
+            all.windows(2).all(|w| w[0] < w[1]),
+            "sorted without duplicates"
+        );
+        assert!(all.contains(&b":code".to_vec()));
         assert!(keys(&chain, 7, b"", None, 10).is_empty(), "unknown block");
     }
 
@@ -402,7 +422,19 @@ mod tests {
         assert_eq!(first.sets[0].block, chain.hash_of(1).unwrap());
         let rest = watch.advance(&chain, 100);
         assert_eq!((rest.sets.len(), rest.caught_up), (6, true));
-        assert_eq!(rest.sets[5].changes, vec![(b"k".to_vec(), Some(vec![9]))]);
+        let last: Vec<_> = rest.sets[5]
+            .changes
+            .iter()
+            .filter(|(key, _)| key == b"k")
+            .collect();
+        assert_eq!(last, vec![&(b"k".to_vec(), Some(vec![9]))]);
+        assert!(
+            rest.sets[5]
+                .changes
+                .iter()
+                .any(|(key, _)| SystemItem::from_key(key) == Some(SystemItem::Number)),
+            "every block writes System::Number, as a runtime does"
+        );
     }
 
     #[test]

@@ -207,41 +207,77 @@ mod tests {
 
     #[test]
     fn values_follow_frame_system() {
-        assert_eq!(SystemItem::Number.value_at(0, hash), None);
-        assert_eq!(SystemItem::Number.value_at(5, hash), Some(vec![5, 0, 0, 0]));
-        assert_eq!(SystemItem::ParentHash.value_at(0, hash), Some(vec![69; 32]));
+        assert_eq!(SystemItem::Number.value_at(0, 100, hash), None);
         assert_eq!(
-            SystemItem::ParentHash.value_at(5, hash),
-            Some(hash(4).0.to_vec())
+            SystemItem::Number.value_at(5, 100, hash),
+            Some(vec![5, 0, 0, 0])
         );
         assert_eq!(
-            SystemItem::BlockHash(0).value_at(0, hash),
+            SystemItem::ParentHash.value_at(0, 100, hash),
             Some(vec![69; 32])
         );
         assert_eq!(
-            SystemItem::BlockHash(0).value_at(1, hash),
+            SystemItem::ParentHash.value_at(5, 100, hash),
+            Some(hash(4).0.to_vec())
+        );
+        assert_eq!(
+            SystemItem::BlockHash(0).value_at(0, 100, hash),
+            Some(vec![69; 32])
+        );
+        assert_eq!(
+            SystemItem::BlockHash(0).value_at(1, 100, hash),
             Some(hash(0).0.to_vec())
         );
-        assert_eq!(SystemItem::BlockHash(5).value_at(5, hash), None);
+        assert_eq!(SystemItem::BlockHash(5).value_at(5, 100, hash), None);
         let n = u64::from(BLOCK_HASH_COUNT) + 10;
-        assert_eq!(SystemItem::BlockHash(9).value_at(n, hash), None, "pruned");
         assert_eq!(
-            SystemItem::BlockHash(10).value_at(n, hash),
+            SystemItem::BlockHash(9).value_at(n, 100, hash),
+            None,
+            "pruned"
+        );
+        assert_eq!(
+            SystemItem::BlockHash(10).value_at(n, 100, hash),
             Some(hash(10).0.to_vec())
         );
-        assert!(SystemItem::BlockHash(0).value_at(n, hash).is_some());
+        assert!(SystemItem::BlockHash(0).value_at(n, 100, hash).is_some());
     }
 
     #[test]
     fn keys_at_lists_exactly_the_items_with_values() {
-        assert_eq!(keys_at(0).len(), 2);
+        assert_eq!(keys_at(0).len(), 3, "ParentHash, BlockHash(0), :code");
         let n = u64::from(BLOCK_HASH_COUNT) + 10;
         let keys = keys_at(n);
-        assert_eq!(keys.len(), 2 + 1 + BLOCK_HASH_COUNT as usize);
+        assert_eq!(keys.len(), 3 + 1 + BLOCK_HASH_COUNT as usize);
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted");
         for key in keys {
             let item = SystemItem::from_key(&key).unwrap();
-            assert!(item.value_at(n, hash).is_some(), "{item:?}");
+            assert!(item.value_at(n, 100, hash).is_some(), "{item:?}");
         }
+    }
+
+    #[test]
+    fn code_names_the_runtime_and_changes_with_it() {
+        let code = SystemItem::from_key(b":code").unwrap();
+        assert_eq!(code, SystemItem::Code);
+        let v100 = code.value_at(0, 100, hash).unwrap();
+        let v101 = code.value_at(0, 101, hash).unwrap();
+        assert_ne!(v100, v101);
+        assert!(String::from_utf8(v100).unwrap().contains("not Wasm"));
+    }
+
+    #[test]
+    fn every_block_after_genesis_writes_number_parent_hash_and_the_parents_entry() {
+        assert!(written_at(0, false).is_empty());
+        assert_eq!(written_at(0, true), vec![CODE_KEY.to_vec()]);
+        let written = written_at(7, false);
+        assert_eq!(written.len(), 3);
+        assert!(written.contains(&SystemItem::BlockHash(6).key()));
+        let n = u64::from(BLOCK_HASH_COUNT) + 5;
+        let pruned = SystemItem::BlockHash((n - u64::from(BLOCK_HASH_COUNT) - 1) as u32).key();
+        assert!(
+            written_at(n, true).contains(&pruned),
+            "the pruned entry is written (removed)"
+        );
+        assert!(written_at(n, true).contains(&CODE_KEY.to_vec()));
     }
 }
