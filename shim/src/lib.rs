@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod covers;
+pub mod defaults;
 pub mod elf;
 pub mod follower;
 pub mod gate;

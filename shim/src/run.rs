@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -40,6 +39,23 @@ const HEAD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the engine programs are looked at for an in-place upgrade.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// What the outside world asks of a running shim. The binary turns the OS signals into these
+/// (SIGTERM/SIGINT, SIGUSR1, SIGHUP), so the shell itself installs no signal handler and can run
+/// in-process, asked by a test through the same channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Stop the engine, give the lock back and exit 0; a second one kills the engine at once.
+    /// `signal` names the cause in the log (`SIGTERM`).
+    Shutdown { signal: &'static str },
+    /// Stop the engine, give the lock back and stand by (as `engine-shim handoff`).
+    HandOff { signal: &'static str },
+    /// Re-read the config file and probe every engine again.
+    Reload,
+}
+
+/// The channel [`run`] takes its [`Request`]s from. Once every sender is gone no more come.
+pub type Requests = mpsc::UnboundedReceiver<Request>;
 
 /// A start-up problem in what the operator asked for (exit code 2), as opposed to a failure.
 #[derive(Debug, thiserror::Error)]
@@ -186,11 +202,39 @@ fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
 }
 
 /// Checks everything that can be checked without the node, resolves the engines and the lock,
-/// then runs until SIGTERM/SIGINT.
-pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let lock = lock_spec(&config)?;
-    preflight(&config, &lock)?;
-    let engines = resolve_engines(&config).await?;
+/// then runs until asked to shut down. A shutdown asked for while starting ends the start-up
+/// (nothing runs yet, no lock is held); other requests wait until the shell runs.
+pub async fn run(config: RunConfig, mut requests: Requests) -> anyhow::Result<()> {
+    let mut early = Vec::new();
+    let start = start(&config);
+    tokio::pin!(start);
+    let (shell, follower, _held) = loop {
+        tokio::select! {
+            started = &mut start => break started?,
+            Some(request) = requests.recv() => match request {
+                Request::Shutdown { signal } => {
+                    info!("{signal} received while starting; exiting (no engine was started)");
+                    return Ok(());
+                }
+                other => early.push(other),
+            },
+        }
+    };
+    shell.run(follower, early, requests).await
+}
+
+/// What must live as long as the shell: the control socket (dropping it removes the file) and the
+/// engine watcher (dropping it stops the task).
+struct Held {
+    _control_socket: Option<control::ControlSocket>,
+    _watcher: AbortOnDrop,
+}
+
+/// Everything before the event loop: checks, engines, lock, control socket, metrics, watcher.
+async fn start(config: &RunConfig) -> anyhow::Result<(Shell, FollowerConfig, Held)> {
+    let lock = lock_spec(config)?;
+    preflight(config, &lock)?;
+    let engines = resolve_engines(config).await?;
     let listed = engines
         .iter()
         .map(|e| format!("{} ({})", e.covers, e.command[0]))
@@ -201,17 +245,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         "engine-shim {} supervising {listed}; following {}; lock {lock}",
         env!("CARGO_PKG_VERSION"), config.node
     );
-    let follower = FollowerConfig {
-        url: config.node.clone(),
-        storage_key: config.storage_key.clone(),
-        stale_after: config.stale_after,
-        ping_interval: Duration::from_secs(10).min(config.stale_after),
-        request_timeout: Duration::from_secs(30),
-        backoff_initial: Duration::from_millis(250),
-        backoff_max: config.reconnect_max,
-        syncing_poll: Duration::from_secs(2),
-        behind_log_every: config.wait_log_every,
-    };
+    let follower = FollowerConfig::with(
+        config.node.clone(),
+        config.storage_key.clone(),
+        config.stale_after,
+        config.reconnect_max,
+        config.wait_log_every,
+    );
     let gate = Gate::new(
         engines.iter().map(|e| e.covers.clone()).collect(),
         config.rule,
@@ -223,7 +263,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     );
     let (control_tx, control_rx) = mpsc::channel(8);
     // Held until `run` returns, however it returns: dropping it removes the socket file.
-    let _control_socket = match &config.control_socket {
+    let control_socket = match &config.control_socket {
         Some(path) => Some(control::serve(path.clone(), control_tx).await.map_err(
             |e| match e {
                 control::ListenError::Refused(message) => UsageError(message).into(),
@@ -242,7 +282,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (replaced_tx, replaced_rx) = mpsc::unbounded_channel();
     let (rescan_tx, rescan_rx) = mpsc::unbounded_channel();
     let watcher = tokio::spawn(watch(
-        watched_engines(&config)?,
+        watched_engines(config)?,
         WATCH_EVERY,
         PROBE_TIMEOUT,
         rescan_rx,
@@ -261,10 +301,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         reload: config.reload.clone(),
         rule: config.rule,
     };
-    let _stop_watching = AbortOnDrop(watcher);
-    Shell::new(engines, gate, config.grace, config.standby, outside)
-        .run(follower)
-        .await
+    let held = Held {
+        _control_socket: control_socket,
+        _watcher: AbortOnDrop(watcher),
+    };
+    let shell = Shell::new(engines, gate, config.grace, config.standby, outside);
+    Ok((shell, follower, held))
 }
 
 /// Where to read the release at the finalized head when the gate asks ([`Action::CheckHead`]).
@@ -373,15 +415,24 @@ impl Shell {
         }
     }
 
-    async fn run(mut self, follower: FollowerConfig) -> anyhow::Result<()> {
-        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut sigusr1 =
-            signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
-        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    async fn run(
+        mut self,
+        follower: FollowerConfig,
+        early: Vec<Request>,
+        mut requests: Requests,
+    ) -> anyhow::Result<()> {
         let (blocks_tx, mut blocks_rx) = mpsc::channel(1024);
         let follower = tokio::spawn(follow(follower, blocks_tx));
+        let mut early = VecDeque::from(early);
         let result = loop {
+            if let Some(request) = early.pop_front() {
+                if let Some(event) = self.on_request(request) {
+                    if self.handle(event) {
+                        break Ok(());
+                    }
+                }
+                continue;
+            }
             let deadline = self.gate.next_deadline();
             // Biased, lock first: after a pause (SIGSTOP, VM freeze) a lost lock must be acted on
             // before anything else that became ready at the same time; then the gate's deadline
@@ -403,12 +454,10 @@ impl Shell {
                 },
                 Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
                 Some(answer) = self.heads_rx.recv() => answer,
-                _ = sigterm.recv() => Event::Shutdown { signal: "SIGTERM" },
-                _ = sigint.recv() => Event::Shutdown { signal: "SIGINT" },
-                _ = sigusr1.recv() => {
-                    info!("SIGUSR1 received: handing off");
-                    Event::HandOff
-                }
+                Some(request) = requests.recv() => match self.on_request(request) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 Some(request) = self.control_rx.recv() => {
                     info!("hand-off requested on the control socket");
                     self.hand_off_waiters.push(request.reply);
@@ -418,7 +467,6 @@ impl Shell {
                     Some(event) => event,
                     None => continue,
                 },
-                _ = sighup.recv() => { self.on_sighup(); continue; }
             };
             if self.handle(event) {
                 break Ok(());
@@ -434,6 +482,22 @@ impl Shell {
             );
         }
         result
+    }
+
+    /// A request from outside (a signal, in the binary) as a gate event; a reload is carried out
+    /// here and concerns the gate only through the re-probed engines.
+    fn on_request(&mut self, request: Request) -> Option<Event> {
+        match request {
+            Request::Shutdown { signal } => Some(Event::Shutdown { signal }),
+            Request::HandOff { signal } => {
+                info!("{signal} received: handing off");
+                Some(Event::HandOff)
+            }
+            Request::Reload => {
+                self.on_sighup();
+                None
+            }
+        }
     }
 
     /// An engine's program changed on disk (or was re-probed): log what it covers now and tell
