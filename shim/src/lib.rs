@@ -30,3 +30,6 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod version;
 pub mod watch;
+
+#[cfg(test)]
+mod layers;
