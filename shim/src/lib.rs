@@ -4,32 +4,38 @@
 //! turns observations and child exits into actions, and the [`supervisor`] carries them out on real
 //! processes. [`check`] answers the same compatibility question once, for scripts and CI.
 
-pub mod accept;
-pub mod backoff;
+pub(crate) mod accept;
+pub(crate) mod backoff;
 pub mod block;
 pub mod check;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod covers;
+pub(crate) mod control;
+pub(crate) mod covers;
 pub mod defaults;
-pub mod elf;
+pub(crate) mod elf;
 pub mod follower;
-pub mod gate;
-pub mod guardian;
-pub mod handoff_pid;
-pub mod head;
+pub(crate) mod gate;
+pub(crate) mod guardian;
+pub(crate) mod handoff_pid;
+pub(crate) mod head;
 pub mod lock;
-pub mod metrics;
-pub mod preflight;
-pub mod probe;
-pub mod rpc;
+pub(crate) mod metrics;
+pub(crate) mod preflight;
+pub(crate) mod probe;
+pub(crate) mod rpc;
 pub mod run;
 pub mod storage_key;
-pub mod supervisor;
+pub(crate) mod supervisor;
 pub mod telemetry;
 pub mod version;
-pub mod watch;
+pub(crate) mod watch;
+
+// What the binary needs beyond the public modules: the guardian it becomes when the supervisor
+// starts it, and the two ways `engine-shim handoff` reaches a running instance.
+pub use control::request_hand_off;
+pub use guardian::{main as guardian_main, SUBCOMMAND as GUARDIAN_SUBCOMMAND};
+pub use handoff_pid::{send_hand_off, HandOffPidError};
 
 #[cfg(test)]
 mod layers;

@@ -18,9 +18,9 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .get(1)
-        .is_some_and(|arg| arg == engine_shim::guardian::SUBCOMMAND)
+        .is_some_and(|arg| arg == engine_shim::GUARDIAN_SUBCOMMAND)
     {
-        engine_shim::guardian::main(&args[2..]);
+        engine_shim::guardian_main(&args[2..]);
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -72,9 +72,9 @@ fn main() -> ExitCode {
 /// `engine-shim handoff`: through the control socket (and wait for the answer), or by SIGUSR1.
 /// Exit codes: 0 done, 1 failed, 2 the pid names no engine-shim.
 async fn hand_off(args: HandoffArgs) -> ExitCode {
-    use engine_shim::handoff_pid::{send_hand_off, HandOffPidError};
+    use engine_shim::{send_hand_off, HandOffPidError};
     let result = match (&args.control_socket, args.pid) {
-        (Some(path), _) => engine_shim::control::request_hand_off(path, args.timeout())
+        (Some(path), _) => engine_shim::request_hand_off(path, args.timeout())
             .await
             .map_err(|e| (ExitCode::FAILURE, e)),
         (None, Some(pid)) => send_hand_off(pid).map_err(|e| match e {
