@@ -216,6 +216,9 @@ pub struct RunConfig {
     pub lock_password_file: Option<PathBuf>,
     /// At least one engine, in the order given.
     pub engines: Vec<EngineCommand>,
+    /// The `engine-shim` binary each engine runs under as its guardian; no flag sets it
+    /// ([`defaults::GUARDIAN`], this very binary).
+    pub guardian: PathBuf,
     /// How to read the settings again on SIGHUP; `None` without a config file.
     pub reload: Option<Reload>,
 }
@@ -539,6 +542,7 @@ impl Overrides {
             renew: RENEW.pick(self.renew, file.renew, path)?,
             lock_password_file: file.lock_password_file,
             engines,
+            guardian: defaults::GUARDIAN.into(),
             reload: None,
         })
     }

@@ -31,6 +31,10 @@ pub const WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// `--standby`: how long a handed-off instance asks for no lock.
 pub const STANDBY: Duration = Duration::from_secs(30);
+/// The program each engine runs under as its guardian: this very binary, even if an upgrade has
+/// replaced the file on disk since. Only a program that runs the shell in-process (a test) names
+/// the `engine-shim` binary instead.
+pub const GUARDIAN: &str = "/proc/self/exe";
 /// `check --timeout`: how long `check` waits for the node.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// `handoff --timeout`: how long `handoff` waits for the hand-off to complete.

@@ -72,7 +72,13 @@ pub struct Engine {
 impl Engine {
     /// The launch for the hand-over block: `{block}`, `{block_hash}` and `{lock_epoch}` are replaced
     /// in the args, and the same facts go into `ENGINE_SHIM_*` variables.
-    pub fn launch_spec(&self, block: BlockRef, lock_epoch: Option<u64>) -> LaunchSpec {
+    /// The engine runs under `guardian`, the `engine-shim` binary.
+    pub fn launch_spec(
+        &self,
+        block: BlockRef,
+        lock_epoch: Option<u64>,
+        guardian: &Path,
+    ) -> LaunchSpec {
         let epoch = lock_epoch.map(|e| e.to_string()).unwrap_or_default();
         let substitute = |arg: &str| {
             arg.replace("{block_hash}", &block.hash.to_string())
@@ -98,8 +104,7 @@ impl Engine {
             keep_lock: None,
             // The database password is the shim's, never the engine's.
             env_remove: vec![PASSWORD_ENV.into(), PASSWORD_FILE_ENV.into()],
-            // This very binary, even if an upgrade has replaced the file on disk since.
-            guardian: "/proc/self/exe".into(),
+            guardian: guardian.to_path_buf(),
         }
     }
 }
@@ -210,7 +215,7 @@ pub async fn run(config: RunConfig, mut requests: Requests) -> anyhow::Result<()
     tokio::pin!(start);
     let (shell, follower, _held) = loop {
         tokio::select! {
-            started = &mut start => break started?,
+            biased;
             Some(request) = requests.recv() => match request {
                 Request::Shutdown { signal } => {
                     info!("{signal} received while starting; exiting (no engine was started)");
@@ -218,6 +223,7 @@ pub async fn run(config: RunConfig, mut requests: Requests) -> anyhow::Result<()
                 }
                 other => early.push(other),
             },
+            started = &mut start => break started?,
         }
     };
     shell.run(follower, early, requests).await
@@ -300,6 +306,7 @@ async fn start(config: &RunConfig) -> anyhow::Result<(Shell, FollowerConfig, Hel
         rescan_tx,
         reload: config.reload.clone(),
         rule: config.rule,
+        guardian: config.guardian.clone(),
     };
     let held = Held {
         _control_socket: control_socket,
@@ -337,6 +344,7 @@ struct Outside {
     rescan_tx: mpsc::UnboundedSender<Option<Vec<Watched>>>,
     reload: Option<Reload>,
     rule: Rule,
+    guardian: PathBuf,
 }
 
 /// The event loop's state: the gate, the live children and the channels that feed the gate.
@@ -367,6 +375,8 @@ struct Shell {
     rescan_tx: mpsc::UnboundedSender<Option<Vec<Watched>>>,
     reload: Option<Reload>,
     rule: Rule,
+    /// The `engine-shim` binary every engine runs under.
+    guardian: PathBuf,
 }
 
 impl Shell {
@@ -389,6 +399,7 @@ impl Shell {
             rescan_tx,
             reload,
             rule,
+            guardian,
         } = outside;
         Shell {
             engines,
@@ -412,6 +423,7 @@ impl Shell {
             rescan_tx,
             reload,
             rule,
+            guardian,
         }
     }
 
@@ -731,7 +743,7 @@ impl Shell {
 
     /// Spawns the engine; a failure to spawn comes back as an exit, so it is retried with back-off.
     fn start(&mut self, engine: EngineId, block: BlockRef) -> Result<(), Event> {
-        let mut spec = self.engines[engine].launch_spec(block, self.lock_epoch);
+        let mut spec = self.engines[engine].launch_spec(block, self.lock_epoch, &self.guardian);
         // The engine shares the lock, so it is held until the engine itself is gone, even if the
         // shim dies first (see the lock module).
         spec.keep_lock = self.lock.inheritable();

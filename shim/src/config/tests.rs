@@ -164,6 +164,7 @@ fn nothing_given_means_documented_defaults() {
             renew: defaults::RENEW,
             lock_password_file: None,
             engines: vec![engine(None, &["/usr/bin/engine"])],
+            guardian: defaults::GUARDIAN.into(),
             reload: None,
         }
     );
@@ -231,6 +232,7 @@ fn the_file_fills_every_setting() {
                     ]
                 ),
             ],
+            guardian: defaults::GUARDIAN.into(),
             reload: None,
         }
     );
