@@ -3,7 +3,7 @@
 //! It feeds the gate events (the follower's blocks, child exits, lock news, the node's answers,
 //! signals and hand-off requests), each with the moment it is handled, and carries out the gate's
 //! actions on real processes. All decisions stay in the gate, and so does time: the loop's only
-//! timer is a sleep until the gate's next deadline, which then feeds it [`Event::Tick`].
+//! timer is a sleep until the gate's next deadline, which then feeds it `Event::Tick`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
