@@ -408,6 +408,24 @@ mod tests {
         assert_eq!(LogFormat::default(), LogFormat::Text);
     }
 
+    /// The config file spells the choices as the flags do.
+    #[test]
+    fn config_choices_are_the_flags_values() {
+        fn names<T: clap::ValueEnum + config::Choice>() -> (Vec<String>, Vec<String>) {
+            let clap = T::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value())
+                .map(|v| v.get_name().to_string())
+                .collect();
+            let config = T::ALL.iter().map(|c| c.name().to_string()).collect();
+            (clap, config)
+        }
+        let (clap, config) = names::<Rule>();
+        assert_eq!(clap, config);
+        let (clap, config) = names::<LogFormat>();
+        assert_eq!(clap, config);
+    }
+
     /// `check` and `handoff` state their timeouts' defaults the same way.
     #[test]
     fn check_and_handoff_help_state_their_timeouts() {

@@ -15,7 +15,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::ValueEnum;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
@@ -127,7 +126,7 @@ fn in_file(key: &str, path: Option<&Path>) -> String {
     }
 }
 
-/// A clap value parser for `check --timeout`: a duration in [`CHECK_TIMEOUT`]'s range.
+/// Parses `check --timeout`: a duration in [`CHECK_TIMEOUT`]'s range.
 pub fn parse_check_timeout(text: &str) -> Result<Duration, String> {
     let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     CHECK_TIMEOUT
@@ -395,9 +394,9 @@ pub struct FileConfig {
     pub node: Option<String>,
     #[serde(default, deserialize_with = "storage_key")]
     pub storage_key: Option<StorageKey>,
-    #[serde(default, deserialize_with = "value_enum")]
+    #[serde(default, deserialize_with = "choice")]
     pub rule: Option<Rule>,
-    #[serde(default, deserialize_with = "value_enum")]
+    #[serde(default, deserialize_with = "choice")]
     pub log_format: Option<LogFormat>,
     #[serde(default, deserialize_with = "duration")]
     pub grace: Option<Duration>,
@@ -680,17 +679,45 @@ fn storage_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StorageKey>, D:
     parsed(d, "a hex string like \"0xea74…\"", str::parse)
 }
 
-fn value_enum<'de, D: Deserializer<'de>, T: ValueEnum>(d: D) -> Result<Option<T>, D::Error> {
-    parsed(d, "a string", |text| {
-        T::from_str(text, false).map_err(|_| {
-            let names: Vec<String> = T::value_variants()
-                .iter()
-                .filter_map(|v| v.to_possible_value())
-                .map(|v| format!("\"{}\"", v.get_name()))
-                .collect();
+/// A setting chosen by name from a short list, spelled as its flag's value (`major-minor`,
+/// `json`). The names are the flags' own: a test in `cli` keeps them equal to clap's.
+pub trait Choice: Copy + 'static {
+    /// Every choice, in the order the error message lists them.
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+}
+
+impl Choice for Rule {
+    const ALL: &'static [Rule] = &[Rule::MajorMinor, Rule::Exact, Rule::Major];
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Choice for LogFormat {
+    const ALL: &'static [LogFormat] = &[LogFormat::Text, LogFormat::Json];
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The choice named `text`, or a message listing the names there are.
+pub fn parse_choice<T: Choice>(text: &str) -> Result<T, String> {
+    T::ALL
+        .iter()
+        .copied()
+        .find(|choice| choice.name() == text)
+        .ok_or_else(|| {
+            let names: Vec<String> = T::ALL.iter().map(|c| format!("\"{}\"", c.name())).collect();
             format!("'{text}' is not one of {}", names.join(", "))
         })
-    })
+}
+
+fn choice<'de, D: Deserializer<'de>, T: Choice>(d: D) -> Result<Option<T>, D::Error> {
+    parsed(d, "a string", parse_choice::<T>)
 }
 
 fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
