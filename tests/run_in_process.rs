@@ -1,15 +1,20 @@
 //! The run shell in-process: `engine_shim::run::run(config, requests)` against an in-process
 //! fake node, with no signal handler and no `engine-shim` process of its own. The engine is a real
 //! `fake-engine` under the real guardian binary; the shell is told to stop through its request
-//! channel, as the binary does on SIGTERM.
+//! channel. The last test checks the other end of that channel: the binary turns SIGTERM into the
+//! same request from its very start.
 
 mod common;
 
-use common::{bin, read_events, wait_for_events, wait_gone, TIMEOUT};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::{bin, exit_code, read_events, wait_for_events, wait_gone, wait_until, Proc, TIMEOUT};
 use engine_shim::config::Overrides;
 use engine_shim::run::{self, Request};
 use engine_shim::version::SemVer;
 use fake_node::{FakeNode, FakeNodeConfig};
+use rustix::process::Signal;
 use tokio::sync::mpsc;
 
 /// The settings an operator would give as `run --engine-version 1.0.0 --node URL --lock
@@ -97,6 +102,47 @@ async fn a_shutdown_before_the_start_ends_the_shell_cleanly() {
     assert!(
         read_events(&dir.path().join("events.jsonl")).is_empty(),
         "no engine was started"
+    );
+    node.shutdown().await;
+}
+
+/// `systemctl stop` while the shim still probes its engine (`CMD --version` hangs): the signal
+/// handlers are installed before start-up, so the shim exits 0 at once, saying why, instead of
+/// dying by the signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_probing_the_engine_exits_zero() {
+    let node = FakeNode::spawn(FakeNodeConfig::default())
+        .await
+        .expect("fake node");
+    let dir = tempfile::tempdir().unwrap();
+    let probing = dir.path().join("probing");
+    let engine = dir.path().join("engine");
+    std::fs::write(
+        &engine,
+        format!("#!/bin/sh\ntouch '{}'\nexec sleep 120\n", probing.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = Command::new(bin("engine-shim"));
+    command.args([
+        "run",
+        "--node",
+        &node.url(),
+        "--lock",
+        &format!("file:{}", dir.path().join("engine-shim.lock").display()),
+        "--",
+    ]);
+    command.arg(&engine);
+    let mut shim = Proc::spawn("engine-shim", command);
+    wait_until("the shim to run CMD --version", || probing.exists()).await;
+
+    shim.signal(Signal::TERM);
+    assert_eq!(exit_code(shim.wait_exit().await), 0);
+    assert!(
+        shim.output.lines().iter().any(|line| line
+            .contains("SIGTERM received while starting; exiting (no engine was started)")),
+        "{}",
+        shim.output.dump()
     );
     node.shutdown().await;
 }
