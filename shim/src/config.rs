@@ -352,7 +352,7 @@ fn check_versions_once(versions: &[SemVer]) -> Result<(), String> {
 /// An engine covering several versions is a runner that overlaps its neighbours by design (the
 /// package of 2.3 covers 2.2 and 2.3): pairs involving one are allowed, and
 /// the gate's `pick_engine` decides between them.
-pub fn validate_engines(engines: &[Covers], rule: Rule) -> Result<(), String> {
+pub(crate) fn validate_engines(engines: &[Covers], rule: Rule) -> Result<(), String> {
     let singles: Vec<SemVer> = engines
         .iter()
         .filter(|covers| !covers.is_several())

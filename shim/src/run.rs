@@ -64,7 +64,7 @@ pub struct UsageError(pub String);
 
 /// One engine the shim may run: the versions it covers and how to launch it.
 #[derive(Debug, Clone)]
-pub struct Engine {
+pub(crate) struct Engine {
     pub covers: Covers,
     pub command: Vec<String>,
 }
@@ -73,7 +73,7 @@ impl Engine {
     /// The launch for the hand-over block: `{block}`, `{block_hash}` and `{lock_epoch}` are replaced
     /// in the args, and the same facts go into `ENGINE_SHIM_*` variables.
     /// The engine runs under `guardian`, the `engine-shim` binary.
-    pub fn launch_spec(
+    pub(crate) fn launch_spec(
         &self,
         block: BlockRef,
         lock_epoch: Option<u64>,
