@@ -11,6 +11,7 @@ mod blocks;
 mod chain_head;
 mod control;
 mod heads;
+mod notification;
 mod params;
 mod runtime_api;
 mod storage;
