@@ -11,7 +11,6 @@ mod blocks;
 mod chain_head;
 mod control;
 mod heads;
-mod notification;
 mod params;
 mod runtime_api;
 mod storage;

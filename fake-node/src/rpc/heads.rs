@@ -9,13 +9,10 @@
 
 use std::sync::Arc;
 
-use jsonrpsee::core::server::DisconnectError;
-use jsonrpsee::server::{PendingSubscriptionSink, RpcModule, SubscriptionMessage};
+use jsonrpsee::server::{PendingSubscriptionSink, RpcModule};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::sync::mpsc::error::SendError;
 
-use super::notification::Envelope;
 use super::params::injected;
 use super::{Inner, Shared};
 use crate::chain::Chain;
@@ -156,7 +153,6 @@ pub(super) async fn follow(
     let Ok(sink) = pending.accept().await else {
         return;
     };
-    let envelope = Envelope::new(sink.method_name(), &sink.subscription_id());
     let mut changed = shared.changed.subscribe();
     let (mut batch, mut mode) = {
         let mut inner = shared.lock();
@@ -172,7 +168,7 @@ pub(super) async fn follow(
                 .expect("garbage serializes"),
                 _ => json,
             };
-            if sink.send(complete(envelope.wrap(&message))).await.is_err() {
+            if sink.send(message).await.is_err() {
                 return;
             }
         }
@@ -191,14 +187,6 @@ pub(super) async fn follow(
             (inner.node.fault(method), feed.next(&mut inner, &mut batch))
         };
     }
-}
-
-/// A notification that jsonrpsee sends as it is, without serializing an envelope around it again.
-///
-/// jsonrpsee has no public constructor for a complete message; its conversion of a failed
-/// channel send (which hands the unsent notification back to the caller) is the one public way.
-fn complete(notification: Box<RawValue>) -> SubscriptionMessage {
-    DisconnectError::from(SendError(notification)).0
 }
 
 /// Registers the head subscriptions and their aliases.
