@@ -3,11 +3,15 @@
 //! Blocks are delivered twice: built with one `dev_newBlock` call each (a test driving the chain
 //! block by block), then with one `dev_newBlock({"count": n})` call (a test fast-forwarding). Both
 //! wait until every subscriber has received every block as its own notification, in order. Each
-//! line also gives fake-node's own CPU time, which is what the node would need on an idle machine
-//! (the subscribers here are 100 real jsonrpsee clients sharing the same cores).
+//! line also gives fake-node's own CPU time, which is what the node would need on an idle machine.
+//!
+//! Each round runs twice: with 100 jsonrpsee clients (what a test suite's clients cost), and with
+//! 100 lean subscribers ([`lean_subscriber`]) that check every frame but parse only the header
+//! number, so the wall-clock rate is the node's own rather than its clients'.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod lean_subscriber;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -16,6 +20,7 @@ use common::Node;
 use jsonrpsee::core::client::{Subscription, SubscriptionClientT};
 use jsonrpsee::rpc_params;
 use jsonrpsee_ws_client::WsClientBuilder;
+use lean_subscriber::LeanSubscriber;
 use serde::Deserialize;
 
 const SUBSCRIBERS: usize = 100;
@@ -31,6 +36,33 @@ struct Numbered {
 enum Building {
     OneCallPerBlock,
     OneCall,
+}
+
+/// Which client a round's subscribers use.
+#[derive(Clone, Copy)]
+enum Client {
+    Jsonrpsee,
+    Lean,
+}
+
+/// One finalized-head subscription of either client.
+enum Subscriber {
+    Jsonrpsee(Subscription<Numbered>),
+    Lean(LeanSubscriber),
+}
+
+impl Subscriber {
+    async fn next_number(&mut self) -> u64 {
+        let next = async {
+            match self {
+                Subscriber::Jsonrpsee(sub) => next_number(sub).await,
+                Subscriber::Lean(sub) => sub.next_number().await.expect("lean subscriber"),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), next)
+            .await
+            .expect("subscriber went quiet")
+    }
 }
 
 fn main() {
@@ -55,45 +87,79 @@ fn main() {
             "fake-node RSS at start: {:.1} MB",
             support::rss_kb(node.proc.pid()) as f64 / 1024.0
         );
-        let mut clients = Vec::new();
-        let mut subscriptions: Vec<Subscription<Numbered>> = Vec::new();
-        for _ in 0..SUBSCRIBERS {
-            // A jsonrpsee client drops a subscription whose unread notifications exceed its
-            // buffer; a batch of `blocks` blocks arrives faster than 100 clients on 2 cores read.
-            let client = WsClientBuilder::default()
-                .max_buffer_capacity_per_subscription(blocks as usize + 64)
-                .build(&node.url)
-                .await
-                .expect("subscriber connects");
-            let mut sub = client
-                .subscribe(
-                    "chain_subscribeFinalizedHeads",
-                    rpc_params![],
-                    "chain_unsubscribeFinalizedHeads",
-                )
-                .await
-                .expect("subscribe");
-            next_number(&mut sub).await; // genesis, sent on subscribe
-            clients.push(client);
-            subscriptions.push(sub);
-        }
         let mut best = 0;
-        for building in [Building::OneCallPerBlock, Building::OneCall] {
-            subscriptions = deliver(&node, subscriptions, best, blocks, building).await;
-            best += blocks;
+        for client in [Client::Jsonrpsee, Client::Lean] {
+            let (subscriptions, clients) = subscribe(&node, client, blocks, best).await;
+            let mut subscriptions = subscriptions;
+            for building in [Building::OneCallPerBlock, Building::OneCall] {
+                subscriptions = deliver(&node, subscriptions, best, blocks, building, client).await;
+                best += blocks;
+            }
+            drop(subscriptions);
+            drop(clients);
         }
         println!(
-            "fake-node RSS with {SUBSCRIBERS} subscribers after {best} blocks: {:.1} MB",
+            "fake-node RSS after {best} blocks, {SUBSCRIBERS} subscribers per round: {:.1} MB",
             support::rss_kb(node.proc.pid()) as f64 / 1024.0
         );
-        drop(clients);
     });
 }
 
+/// Opens `SUBSCRIBERS` finalized-head subscriptions of `client` and reads the head each gets on
+/// subscribe (`best`). Returns them and the jsonrpsee clients to keep alive.
+async fn subscribe(
+    node: &Node,
+    client: Client,
+    blocks: u64,
+    best: u64,
+) -> (Vec<Subscriber>, Vec<jsonrpsee_ws_client::WsClient>) {
+    let mut clients = Vec::new();
+    let mut subscriptions = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut subscriber = match client {
+            Client::Jsonrpsee => {
+                // A jsonrpsee client drops a subscription whose unread notifications exceed its
+                // buffer; a batch of `blocks` blocks arrives faster than 100 clients on 2 cores
+                // read.
+                let ws = WsClientBuilder::default()
+                    .max_buffer_capacity_per_subscription(blocks as usize + 64)
+                    .build(&node.url)
+                    .await
+                    .expect("subscriber connects");
+                let sub = ws
+                    .subscribe(
+                        "chain_subscribeFinalizedHeads",
+                        rpc_params![],
+                        "chain_unsubscribeFinalizedHeads",
+                    )
+                    .await
+                    .expect("subscribe");
+                clients.push(ws);
+                Subscriber::Jsonrpsee(sub)
+            }
+            Client::Lean => {
+                let (sub, first) = LeanSubscriber::subscribe(&node.url)
+                    .await
+                    .expect("lean subscriber connects");
+                assert_eq!(first, best, "the finalized head on subscribe");
+                subscriptions.push(Subscriber::Lean(sub));
+                continue;
+            }
+        };
+        assert_eq!(
+            subscriber.next_number().await,
+            best,
+            "the finalized head on subscribe"
+        );
+        subscriptions.push(subscriber);
+    }
+    (subscriptions, clients)
+}
+
 async fn next_number(sub: &mut Subscription<Numbered>) -> u64 {
-    let header = tokio::time::timeout(Duration::from_secs(60), sub.next())
+    let header = sub
+        .next()
         .await
-        .expect("subscriber went quiet")
         .expect("subscription closed")
         .expect("bad notification");
     u64::from_str_radix(header.number.trim_start_matches("0x"), 16).expect("hex number")
@@ -103,11 +169,12 @@ async fn next_number(sub: &mut Subscription<Numbered>) -> u64 {
 /// them, in order; prints the rate and fake-node's CPU time. Returns the subscriptions.
 async fn deliver(
     node: &Node,
-    subscriptions: Vec<Subscription<Numbered>>,
+    subscriptions: Vec<Subscriber>,
     best: u64,
     blocks: u64,
     building: Building,
-) -> Vec<Subscription<Numbered>> {
+    client: Client,
+) -> Vec<Subscriber> {
     let last = best + blocks;
     // Receivers run while the blocks are built, as real subscribers do.
     let receivers: Vec<_> = subscriptions
@@ -115,11 +182,7 @@ async fn deliver(
         .map(|mut sub| {
             tokio::spawn(async move {
                 for expected in best + 1..=last {
-                    assert_eq!(
-                        next_number(&mut sub).await,
-                        expected,
-                        "every block, in order"
-                    );
+                    assert_eq!(sub.next_number().await, expected, "every block, in order");
                 }
                 sub
             })
@@ -149,8 +212,12 @@ async fn deliver(
         Building::OneCallPerBlock => "one dev_newBlock call each",
         Building::OneCall => "one dev_newBlock({\"count\": n}) call",
     };
+    let clients = match client {
+        Client::Jsonrpsee => "jsonrpsee",
+        Client::Lean => "lean",
+    };
     println!(
-        "fake-node: {blocks} blocks, {how}, delivered to {SUBSCRIBERS} subscribers in {:.3} s = {:.0} blocks/s (fake-node CPU {:.2} s = {:.0} blocks per CPU-second; the subscribers' CPU {:.2} s)",
+        "fake-node: {blocks} blocks, {how}, delivered to {SUBSCRIBERS} {clients} subscribers in {:.3} s = {:.0} blocks/s (fake-node CPU {:.2} s = {:.0} blocks per CPU-second; the subscribers' CPU {:.2} s)",
         elapsed.as_secs_f64(),
         blocks as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64(),

@@ -5,11 +5,14 @@
 //! finalized heads: the next finality move; storage: the next block) and sends everything past
 //! it, so a slow client delays only itself, nothing is dropped, and nothing is buffered beyond
 //! what the chain already holds.
-//! Recent header JSON is cached, so a hundred subscribers cost one serialization per block.
+//! Recent header JSON is cached, so a hundred subscribers cost one serialization per block, and each
+//! notification is serialized around the shared header without copying it first.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use jsonrpsee::server::{PendingSubscriptionSink, RpcModule};
+use jsonrpsee::server::{PendingSubscriptionSink, RpcModule, SubscriptionMessage};
+use jsonrpsee::types::SubscriptionId;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -26,13 +29,13 @@ pub(super) const BATCH: usize = 64;
 /// in bounded memory and without any per-block work over the whole chain.
 #[derive(Debug, Default)]
 pub(super) struct HeaderCache {
-    slots: Vec<Option<(u64, Box<RawValue>)>>,
+    slots: Vec<Option<(u64, Arc<RawValue>)>>,
 }
 
 impl HeaderCache {
     const SLOTS: usize = 2048;
 
-    fn get(&mut self, chain: &Chain, number: u64) -> Option<Box<RawValue>> {
+    fn get(&mut self, chain: &Chain, number: u64) -> Option<Arc<RawValue>> {
         if self.slots.is_empty() {
             self.slots.resize(Self::SLOTS, None);
         }
@@ -40,8 +43,8 @@ impl HeaderCache {
         match slot {
             Some((cached, json)) if *cached == number => Some(json.clone()),
             _ => {
-                let json = header_json(chain, number)?;
-                *slot = Some((number, json.clone()));
+                let json: Arc<RawValue> = header_json(chain, number)?.into();
+                *slot = Some((number, Arc::clone(&json)));
                 Some(json)
             }
         }
@@ -70,11 +73,11 @@ pub(super) enum Heads {
 /// serves any of them.
 pub(super) trait Feed: Send + 'static {
     /// The notifications sent right after the subscription is accepted.
-    fn first(&mut self, inner: &mut Inner) -> Vec<Box<RawValue>>;
+    fn first(&mut self, inner: &mut Inner) -> Vec<Arc<RawValue>>;
 
     /// Appends at most one batch of notifications past the cursor to `out`, advancing it.
     /// Returns whether the feed has caught up with the chain (nothing more until it changes).
-    fn next(&mut self, inner: &mut Inner, out: &mut Vec<Box<RawValue>>) -> bool;
+    fn next(&mut self, inner: &mut Inner, out: &mut Vec<Arc<RawValue>>) -> bool;
 }
 
 /// A head subscription's position: new/all heads keep the next block number, finalized heads
@@ -92,7 +95,7 @@ impl HeadFeed {
 }
 
 impl Feed for HeadFeed {
-    fn first(&mut self, inner: &mut Inner) -> Vec<Box<RawValue>> {
+    fn first(&mut self, inner: &mut Inner) -> Vec<Arc<RawValue>> {
         let chain = inner.node.chain();
         let number = match self.heads {
             Heads::New | Heads::All => {
@@ -107,7 +110,7 @@ impl Feed for HeadFeed {
         vec![inner.headers.get(chain, number).expect("head exists")]
     }
 
-    fn next(&mut self, inner: &mut Inner, out: &mut Vec<Box<RawValue>>) -> bool {
+    fn next(&mut self, inner: &mut Inner, out: &mut Vec<Arc<RawValue>>) -> bool {
         let chain = inner.node.chain();
         let (numbers, caught_up): (Vec<u64>, bool) = match self.heads {
             Heads::New | Heads::All => {
@@ -153,6 +156,7 @@ pub(super) async fn follow(
     let Ok(sink) = pending.accept().await else {
         return;
     };
+    let id = sink.subscription_id();
     let mut changed = shared.changed.subscribe();
     let (mut batch, mut mode) = {
         let mut inner = shared.lock();
@@ -165,9 +169,14 @@ pub(super) async fn follow(
                 FaultMode::Garbage | FaultMode::NonHex => serde_json::value::to_raw_value(
                     &mode.corrupt(Value::Object(Default::default())),
                 )
-                .expect("garbage serializes"),
+                .expect("garbage serializes")
+                .into(),
                 _ => json,
             };
+            // The same bytes jsonrpsee builds from `sink.send(result)`, serialized straight from
+            // the shared header instead of from a copy of it.
+            let message = SubscriptionMessage::new(sink.method_name(), borrowed(&id), &&*message)
+                .expect("raw JSON serializes");
             if sink.send(message).await.is_err() {
                 return;
             }
@@ -186,6 +195,14 @@ pub(super) async fn follow(
             let mut inner = shared.lock();
             (inner.node.fault(method), feed.next(&mut inner, &mut batch))
         };
+    }
+}
+
+/// `id` without copying its string (a notification only serializes it).
+fn borrowed<'a>(id: &'a SubscriptionId<'_>) -> SubscriptionId<'a> {
+    match id {
+        SubscriptionId::Num(n) => SubscriptionId::Num(*n),
+        SubscriptionId::Str(s) => SubscriptionId::Str(Cow::Borrowed(s)),
     }
 }
 
@@ -252,5 +269,24 @@ pub(super) fn register(module: &mut RpcModule<Shared>) {
         ("unsubscribe_newHead", "chain_unsubscribeNewHeads"),
     ] {
         module.register_alias(alias, existing).expect(ok);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_subscription_id_serializes_as_the_original() {
+        for id in [
+            SubscriptionId::Str(Cow::Owned("aBcD1234efGH5678".to_string())),
+            SubscriptionId::Str(Cow::Owned("with \"quotes\"".to_string())),
+            SubscriptionId::Num(7),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&borrowed(&id)).unwrap(),
+                serde_json::to_string(&id).unwrap()
+            );
+        }
     }
 }

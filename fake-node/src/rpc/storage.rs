@@ -2,6 +2,8 @@
 //! blocks, and the storage subscription, with Substrate's parameters, defaults and errors. The
 //! answers themselves are decided in [`crate::storage_query`].
 
+use std::sync::Arc;
+
 use jsonrpsee::server::RpcModule;
 use jsonrpsee::types::ErrorObjectOwned;
 use serde_json::value::RawValue;
@@ -175,12 +177,14 @@ struct StorageFeed {
     watch: Option<StorageWatch>,
 }
 
-fn raw(set: &ChangeSet) -> Box<RawValue> {
-    serde_json::value::to_raw_value(&set.to_json()).expect("change set serializes")
+fn raw(set: &ChangeSet) -> Arc<RawValue> {
+    serde_json::value::to_raw_value(&set.to_json())
+        .expect("change set serializes")
+        .into()
 }
 
 impl Feed for StorageFeed {
-    fn first(&mut self, inner: &mut Inner) -> Vec<Box<RawValue>> {
+    fn first(&mut self, inner: &mut Inner) -> Vec<Arc<RawValue>> {
         let (watch, initial) = StorageWatch::start(
             inner.node.chain(),
             std::mem::replace(&mut self.watched, Watched::All),
@@ -189,7 +193,7 @@ impl Feed for StorageFeed {
         initial.iter().map(raw).collect()
     }
 
-    fn next(&mut self, inner: &mut Inner, out: &mut Vec<Box<RawValue>>) -> bool {
+    fn next(&mut self, inner: &mut Inner, out: &mut Vec<Arc<RawValue>>) -> bool {
         let watch = self.watch.as_mut().expect("first() ran");
         let advanced = watch.advance(inner.node.chain(), BATCH as u64);
         out.extend(advanced.sets.iter().map(raw));
