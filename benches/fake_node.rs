@@ -6,7 +6,8 @@
 //! line also gives fake-node's own CPU time, which is what the node would need on an idle machine
 //! (the subscribers here are 100 real jsonrpsee clients sharing the same cores).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the end-to-end harness: each bench uses its own subset
 mod common;
 mod support;
 
