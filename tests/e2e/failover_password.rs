@@ -127,8 +127,10 @@ async fn a_missing_or_wrong_password_is_an_error_that_names_the_fix() {
         let lines = shim.proc.output.lines();
         assert_eq!(code, 1, "{lines:#?}");
         assert!(
-            lines.iter().any(|l| l.contains(expected)),
-            "expected {expected:?} in: {lines:#?}"
+            shim.log()
+                .iter()
+                .any(|l| l.level() == "ERROR" && l.message().contains(expected)),
+            "expected an ERROR line with {expected:?} in: {lines:#?}"
         );
         if let Some(password) = password {
             assert!(!lines.iter().any(|l| l.contains(password)), "{lines:#?}");

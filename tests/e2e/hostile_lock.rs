@@ -89,8 +89,13 @@ async fn lock_path_is_refused(prepare: impl FnOnce(&Host, &std::path::Path), wha
     let status = shim.proc.wait_exit().await;
     assert_eq!(common::exit_code(status), 1);
     let said = shim.proc.output.dump();
-    assert!(said.contains(what), "expected {what:?} in:\n{said}");
-    assert!(said.contains(&host.lock.display().to_string()), "{said}");
+    let lock = host.lock.display().to_string();
+    assert!(
+        shim.log().iter().any(|l| l.level() == "ERROR"
+            && l.message().contains(what)
+            && l.message().contains(&lock)),
+        "expected an ERROR line with {what:?} and {lock} in:\n{said}"
+    );
     assert_eq!(std::fs::read(&precious).unwrap(), b"operator data\n");
     assert!(host.events().is_empty(), "no engine may start");
 }
