@@ -124,14 +124,13 @@ async fn a_missing_or_wrong_password_is_an_error_that_names_the_fix() {
         let env: Vec<(&str, &str)> = password.map(|p| (PASSWORD_ENV, p)).into_iter().collect();
         let mut shim = spawn_with_env(builder, &host, &["1.0.0"], &env);
         let code = exit_code(shim.proc.wait_exit().await);
+        assert_eq!(code, 1, "{}", shim.proc.output.dump());
+        // Awaited, not read at once: the exit can be seen before the last lines are read.
+        shim.wait_log(0, &format!("an ERROR line naming {expected:?}"), |l| {
+            l.level() == "ERROR" && l.message().contains(expected)
+        })
+        .await;
         let lines = shim.proc.output.lines();
-        assert_eq!(code, 1, "{lines:#?}");
-        assert!(
-            shim.log()
-                .iter()
-                .any(|l| l.level() == "ERROR" && l.message().contains(expected)),
-            "expected an ERROR line with {expected:?} in: {lines:#?}"
-        );
         if let Some(password) = password {
             assert!(!lines.iter().any(|l| l.contains(password)), "{lines:#?}");
         }

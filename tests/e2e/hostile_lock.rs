@@ -88,14 +88,14 @@ async fn lock_path_is_refused(prepare: impl FnOnce(&Host, &std::path::Path), wha
     let mut shim = host.shim(&node).engine("1.0.0").spawn();
     let status = shim.proc.wait_exit().await;
     assert_eq!(common::exit_code(status), 1);
-    let said = shim.proc.output.dump();
+    // Awaited, not read at once: the exit can be seen before the last lines are read.
     let lock = host.lock.display().to_string();
-    assert!(
-        shim.log().iter().any(|l| l.level() == "ERROR"
-            && l.message().contains(what)
-            && l.message().contains(&lock)),
-        "expected an ERROR line with {what:?} and {lock} in:\n{said}"
-    );
+    shim.wait_log(
+        0,
+        &format!("an ERROR line naming {what:?} and {lock}"),
+        |l| l.level() == "ERROR" && l.message().contains(what) && l.message().contains(&lock),
+    )
+    .await;
     assert_eq!(std::fs::read(&precious).unwrap(), b"operator data\n");
     assert!(host.events().is_empty(), "no engine may start");
 }
