@@ -9,7 +9,8 @@
 //! 100 lean subscribers ([`lean_subscriber`]) that check every frame but parse only the header
 //! number, so the wall-clock rate is the node's own rather than its clients'.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the end-to-end harness: each bench uses its own subset
 mod common;
 mod lean_subscriber;
 mod support;
