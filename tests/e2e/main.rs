@@ -30,6 +30,7 @@ mod run_config_root;
 mod run_exit_at_upgrade;
 mod run_finality;
 mod run_in_place_upgrade;
+mod run_in_process;
 mod run_lifecycle;
 mod run_multi_version;
 mod run_node_faults;

@@ -4,12 +4,12 @@
 //! channel. The last test checks the other end of that channel: the binary turns SIGTERM into the
 //! same request from its very start.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::{bin, exit_code, read_events, wait_for_events, wait_gone, wait_until, Proc, TIMEOUT};
+use crate::common::{
+    bin, exit_code, read_events, wait_for_events, wait_gone, wait_until, Proc, TIMEOUT,
+};
 use engine_shim::config::Overrides;
 use engine_shim::run::{self, Request};
 use engine_shim::version::SemVer;
