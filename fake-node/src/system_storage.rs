@@ -16,6 +16,8 @@
 //!   clients tell runtimes apart by this value's hash (polkadot-api caches metadata per `:code`
 //!   hash), so it must change exactly when the runtime does: with `specVersion`.
 
+use std::sync::LazyLock;
+
 use engine_shim::block::BlockHash;
 use engine_shim::storage_key::{storage_value_key, twox128};
 
@@ -47,9 +49,18 @@ pub fn code(spec_version: u32) -> Vec<u8> {
     format!("fake-node runtime, specVersion {spec_version}: not Wasm, read metadata with state_getMetadata or state_call Metadata_*").into_bytes()
 }
 
-fn block_hash_prefix() -> Vec<u8> {
-    storage_value_key("System", "BlockHash")
+/// The fixed keys, hashed once: [`SystemItem::from_key`] runs on every storage read.
+struct FixedKeys {
+    number: Vec<u8>,
+    parent_hash: Vec<u8>,
+    block_hash_prefix: Vec<u8>,
 }
+
+static FIXED_KEYS: LazyLock<FixedKeys> = LazyLock::new(|| FixedKeys {
+    number: storage_value_key("System", "Number"),
+    parent_hash: storage_value_key("System", "ParentHash"),
+    block_hash_prefix: storage_value_key("System", "BlockHash"),
+});
 
 /// `twox64(x)` = xxh64(x, seed 0), little-endian: the first half of twox128.
 fn twox64(data: &[u8]) -> [u8; 8] {
@@ -63,11 +74,11 @@ impl SystemItem {
     /// The storage key, as Substrate computes it.
     pub fn key(self) -> Vec<u8> {
         match self {
-            SystemItem::Number => storage_value_key("System", "Number"),
-            SystemItem::ParentHash => storage_value_key("System", "ParentHash"),
+            SystemItem::Number => FIXED_KEYS.number.clone(),
+            SystemItem::ParentHash => FIXED_KEYS.parent_hash.clone(),
             SystemItem::BlockHash(n) => {
                 let encoded = n.to_le_bytes();
-                let mut key = block_hash_prefix();
+                let mut key = FIXED_KEYS.block_hash_prefix.clone();
                 key.extend_from_slice(&twox64(&encoded));
                 key.extend_from_slice(&encoded);
                 key
@@ -81,12 +92,14 @@ impl SystemItem {
         if key == CODE_KEY {
             return Some(SystemItem::Code);
         }
-        if key.len() == 32 {
-            return [SystemItem::Number, SystemItem::ParentHash]
-                .into_iter()
-                .find(|item| item.key() == key);
+        let fixed = &*FIXED_KEYS;
+        if key == fixed.number {
+            return Some(SystemItem::Number);
         }
-        let rest = key.strip_prefix(block_hash_prefix().as_slice())?;
+        if key == fixed.parent_hash {
+            return Some(SystemItem::ParentHash);
+        }
+        let rest = key.strip_prefix(fixed.block_hash_prefix.as_slice())?;
         let (hash, encoded) = (rest.get(..8)?, rest.get(8..)?);
         let n = u32::from_le_bytes(encoded.try_into().ok()?);
         (hash == twox64(encoded)).then_some(SystemItem::BlockHash(n))
