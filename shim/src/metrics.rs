@@ -2,8 +2,11 @@
 //!
 //! An engine that waits for its release has no health endpoint yet, so a probe pointed at it
 //! would kill a correctly waiting pod: the shim answers for it. The run loop records what it
-//! observes in [`Metrics`]; a tiny HTTP/1.1 responder (no framework: two read-only routes)
-//! serves `GET /metrics` in the Prometheus text format and `GET /health`.
+//! observes in [`Metrics`]; a tiny HTTP/1.1 responder (no framework: read-only routes) serves
+//! `GET /metrics` in the Prometheus text format and the probes `GET /livez`, `GET /readyz` and
+//! `GET /health` (decided in [`probes`]).
+
+mod probes;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -15,6 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::accept::AcceptLoop;
 use crate::version::SemVer;
+
+pub use probes::TURN_EVERY;
+use probes::{Ages, Route};
 
 /// What the shim knows right now; cheap to update from the run loop.
 #[derive(Debug, Default)]
@@ -33,6 +39,8 @@ struct State {
     fences: u64,
     hand_offs: u64,
     no_compatible_engine: bool,
+    /// The event loop's last turn, for `/livez`.
+    last_turn: Option<Instant>,
 }
 
 impl Metrics {
@@ -84,6 +92,11 @@ impl Metrics {
     /// engine" state): an idle shim has no other sign an alert could catch.
     pub fn no_compatible_engine(&self, missing: bool) {
         self.with(|s| s.no_compatible_engine = missing);
+    }
+
+    /// The event loop turned (it does at least every [`TURN_EVERY`]): it is not wedged.
+    pub fn loop_turned(&self) {
+        self.with(|s| s.last_turn = Some(Instant::now()));
     }
 
     /// The Prometheus text exposition.
@@ -166,21 +179,35 @@ impl Metrics {
         })
     }
 
-    /// `(healthy, body)`: healthy while finalized blocks keep arriving within `stale_after`.
-    pub fn health(&self, stale_after: Duration) -> (bool, String) {
+    /// `(healthy, body)` for a probe route: see [`probes`] for what each one decides. `/livez`
+    /// says when the loop last turned; the others say what the shim follows and runs.
+    fn probe(&self, route: Route, stale_after: Duration) -> (bool, String) {
         self.with(|s| {
-            let fresh = s
-                .last_block
-                .is_some_and(|(_, at)| at.elapsed() < stale_after);
+            let ages = Ages {
+                loop_turn: s.last_turn.map(|at| at.elapsed()),
+                block: s.last_block.map(|(_, at)| at.elapsed()),
+            };
+            let healthy = probes::healthy(route, ages, stale_after);
+            let live = probes::live(ages);
+            if route == Route::Livez {
+                let turned = ages
+                    .loop_turn
+                    .map_or("null".to_string(), |age| age.as_millis().to_string());
+                return (
+                    healthy,
+                    format!("{{\"live\":{live},\"loop_turned_ms_ago\":{turned}}}"),
+                );
+            }
+            let following = probes::following(ages, stale_after);
             let version = |v: Option<SemVer>| v.map_or("null".to_string(), |v| format!("\"{v}\""));
             let body = format!(
-                "{{\"following\":{fresh},\"last_block\":{},\"release\":{},\"running\":{},\"lock_held\":{}}}",
+                "{{\"following\":{following},\"live\":{live},\"last_block\":{},\"release\":{},\"running\":{},\"lock_held\":{}}}",
                 s.last_block.map_or("null".to_string(), |(n, _)| n.to_string()),
                 version(s.release),
                 version(s.running),
                 s.lock_held
             );
-            (fresh, body)
+            (healthy, body)
         })
     }
 }
@@ -191,7 +218,7 @@ pub const MAX_HEAD: usize = 8 * 1024;
 /// How long a client has to send its request head.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `/metrics` and `/health` on `addr` until the runtime stops. The accept loop outlives any
+/// Serves `/metrics`, `/livez`, `/readyz` and `/health` on `addr` until the runtime stops. The accept loop outlives any
 /// accept error (see [`crate::accept`]), so a probe never restarts a healthy shim because the
 /// server once ran out of file descriptors.
 pub async fn serve(
@@ -282,15 +309,15 @@ async fn respond(mut stream: TcpStream, metrics: Arc<Metrics>, stale_after: Dura
             let path = line.split_whitespace().nth(1).unwrap_or("");
             match path {
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/health" => match metrics.health(stale_after) {
-                    (true, body) => ("200 OK", "application/json", body),
-                    (false, body) => ("503 Service Unavailable", "application/json", body),
+                path => match Route::from_path(path).map(|r| metrics.probe(r, stale_after)) {
+                    Some((true, body)) => ("200 OK", "application/json", body),
+                    Some((false, body)) => ("503 Service Unavailable", "application/json", body),
+                    None => (
+                        "404 Not Found",
+                        "text/plain",
+                        "try /metrics, /livez, /readyz or /health\n".to_string(),
+                    ),
                 },
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "try /metrics or /health\n".to_string(),
-                ),
             }
         }
     };
@@ -362,12 +389,56 @@ mod tests {
     #[test]
     fn health_needs_recent_blocks() {
         let metrics = Metrics::default();
-        assert!(!metrics.health(Duration::from_secs(60)).0);
+        let health = |stale_after| metrics.probe(Route::Health, stale_after);
+        assert!(!health(Duration::from_secs(60)).0);
         metrics.block(1, None);
-        let (healthy, body) = metrics.health(Duration::from_secs(60));
+        let (healthy, body) = health(Duration::from_secs(60));
         assert!(healthy, "{body}");
         assert!(body.contains("\"last_block\":1"), "{body}");
-        assert!(!metrics.health(Duration::ZERO).0);
+        assert!(!health(Duration::ZERO).0);
+    }
+
+    /// GET `path` from the server at `addr`: the whole answer.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_wedged_loop_fails_livez_and_readyz_over_http() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.block(5, Some(SemVer::new(1, 0, 0)));
+        metrics.loop_turned();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics.clone(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let livez = get(addr, "/livez").await;
+        assert!(livez.starts_with("HTTP/1.1 200 OK"), "{livez}");
+        assert!(livez.contains("\"live\":true"), "{livez}");
+        let readyz = get(addr, "/readyz").await;
+        assert!(readyz.starts_with("HTTP/1.1 200 OK"), "{readyz}");
+
+        // The loop's last turn lies a whole bound back, as if it had been stuck since.
+        metrics.with(|s| s.last_turn = Instant::now().checked_sub(probes::LIVE_WITHIN));
+        metrics.block(6, None);
+        let livez = get(addr, "/livez").await;
+        assert!(livez.starts_with("HTTP/1.1 503"), "{livez}");
+        assert!(livez.contains("\"live\":false"), "{livez}");
+        let readyz = get(addr, "/readyz").await;
+        assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+        assert!(readyz.contains("\"following\":true"), "{readyz}");
+        let health = get(addr, "/health").await;
+        assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
     }
 
     #[tokio::test]
@@ -384,6 +455,8 @@ mod tests {
         for (path, expect) in [
             ("/metrics", "engine_shim_last_block 5"),
             ("/health", "HTTP/1.1 200 OK"),
+            ("/readyz", "HTTP/1.1 200 OK"),
+            ("/livez", "HTTP/1.1 200 OK"),
             ("/nope", "HTTP/1.1 404"),
         ] {
             let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -436,7 +436,11 @@ impl Shell {
         let (blocks_tx, mut blocks_rx) = mpsc::channel(1024);
         let follower = tokio::spawn(follow(follower, blocks_tx));
         let mut early = VecDeque::from(early);
+        // Wakes an idle loop, so that `/livez` can tell it from a wedged one.
+        let mut turns = tokio::time::interval(metrics::TURN_EVERY);
+        turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
+            self.metrics.loop_turned();
             if let Some(request) = early.pop_front() {
                 if let Some(event) = self.on_request(request) {
                     if self.handle(event) {
@@ -479,6 +483,7 @@ impl Shell {
                     Some(event) => event,
                     None => continue,
                 },
+                _ = turns.tick() => continue,
             };
             if self.handle(event) {
                 break Ok(());
