@@ -25,6 +25,7 @@ mod hostile_lock;
 mod hostile_logs;
 mod metrics;
 mod pg_infra;
+mod probes;
 mod run_bad_release_values;
 mod run_config_root;
 mod run_exit_at_upgrade;
