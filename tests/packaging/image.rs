@@ -1,0 +1,196 @@
+//! The container image (deploy/container/Containerfile), built with podman on a Debian base and
+//! run against fake-node on loopback: an operator's container through an upgrade, its health
+//! check, and `podman stop`.
+
+use std::fs;
+use std::path::Path;
+
+use crate::base_image::harness::{
+    read_events, wait_for_events, EngineEvent, LogLine, Node, Proc, TIMEOUT,
+};
+use crate::base_image::{free_port, podman, Container, Context, ULIMITS};
+
+/// The image's user (deploy/container/Containerfile).
+const ENGINE_UID: u32 = 10001;
+
+/// The multi-version image as the test builds it: two engine programs (fake-engine as 1.0.0 and
+/// as 1.1.0, each named like a Chainflip 1.0–1.3 package's program) and a config naming both.
+fn multi_version_context() -> Context {
+    let context = Context::new();
+    context.add_binary("fake-engine", "bin/fake-engine");
+    for (program, version) in [
+        ("chainflip-engine1.0", "1.0.0"),
+        ("chainflip-engine1.1", "1.1.0"),
+    ] {
+        context.add_script(
+            &format!("bin/{program}"),
+            &format!("#!/bin/sh\nexec /usr/local/bin/fake-engine --as-version {version} \"$@\"\n"),
+        );
+    }
+    fs::write(
+        context.path("engine-shim.toml"),
+        r#"# The multi-version image of the packaging test: fake-engine stands in for each engine.
+log_format = "json"
+shared_args = ["--data-dir", "/etc/chainflip/data", "--events", "/etc/chainflip/events.jsonl",
+  "start-block={block}", "start-hash={block_hash}"]
+
+[[engine]]
+command = ["/usr/local/bin/chainflip-engine1.0"]
+
+[[engine]]
+command = ["/usr/local/bin/chainflip-engine1.1"]
+"#,
+    )
+    .unwrap();
+    context
+}
+
+/// A directory for the container's /etc/chainflip volume, owned by the image's user as an
+/// operator's volume must be.
+fn volume() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(dir.path(), Some(ENGINE_UID), Some(ENGINE_UID))
+        .expect("chown the volume (the packaging tests run as root)");
+    dir
+}
+
+/// `podman run` of `image` in the foreground (its exit status is the container's), on the host's
+/// network so it reaches fake-node on loopback.
+fn run_container(
+    container: &Container,
+    image: &str,
+    node: &Node,
+    metrics_port: u16,
+    volume: &Path,
+) -> Proc {
+    let mut command = podman();
+    command
+        .arg("run")
+        .args(ULIMITS)
+        .args(["--name", &container.name, "--network", "host"])
+        // No systemd here to run the health check's timer: the test runs it (`podman
+        // healthcheck run`), as the timer would.
+        .arg("--health-interval=disable")
+        .args(["-e", &format!("ENGINE_SHIM_NODE={}", node.url)])
+        .args([
+            "-e",
+            &format!("ENGINE_SHIM_METRICS_LISTEN=127.0.0.1:{metrics_port}"),
+        ])
+        .args(["-e", "ENGINE_SHIM_GRACE=5s"])
+        .args(["-v", &format!("{}:/etc/chainflip", volume.display())])
+        .arg(image);
+    Proc::spawn("container", command)
+}
+
+/// Waits for the container's shim to log a message containing `needle` (JSON lines).
+async fn wait_log(proc: &Proc, from: usize, needle: &str) -> (usize, LogLine) {
+    proc.output
+        .wait_for(from, &format!("a log line with {needle:?}"), |line| {
+            LogLine::parse(line).filter(|l| l.message().contains(needle))
+        })
+        .await
+}
+
+/// Waits until the image's HEALTHCHECK passes (`podman healthcheck run`), as the container engine
+/// would see it at its next interval.
+async fn wait_healthy(container: &Container, proc: &Proc) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !container.healthy() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never became healthy; output:\n{}",
+            proc.output.dump()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_event(events: &Path, event: &str, version: &str) -> EngineEvent {
+    let found = wait_for_events(
+        events,
+        &format!("`{event}` of engine {version}"),
+        |all| all.iter().any(|e| e.event == event && e.version == version),
+        |all| format!("events: {all:?}"),
+    )
+    .await;
+    found
+        .into_iter()
+        .find(|e| e.event == event && e.version == version)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multi_version_image_waits_hands_over_and_stops_cleanly() {
+    let image = "localhost/engine-shim-test:multi-version";
+    multi_version_context().build(image);
+    // Before any engine's release: both engines in the image wait.
+    let node = Node::start(&["--release", "0.9.0"]).await;
+    let volume = volume();
+    let events = volume.path().join("events.jsonl");
+    let container = Container::named("multi-version");
+    let mut proc = run_container(&container, image, &node, free_port(), volume.path());
+
+    // Runs as its own user, under an init.
+    wait_log(&proc, 0, "WAITING for a compatible release version").await;
+    assert_eq!(container.exec(&["id", "-u"]).trim(), ENGINE_UID.to_string());
+    let init = container.exec(&["cat", "/proc/1/cmdline"]);
+    assert!(init.starts_with("/usr/bin/catatonit"), "PID 1: {init:?}");
+
+    // Healthy while the engine waits: the waiting engine has no endpoint, the shim answers.
+    wait_healthy(&container, &proc).await;
+    assert!(read_events(&events).is_empty(), "no engine runs yet");
+
+    // Release 1.0.0 at block 1: engine 1.0.0 starts there.
+    node.set_release("1.0.0").await;
+    let first_upgrade = node.new_blocks(1).await;
+    let old = wait_event(&events, "start", "1.0.0").await;
+    assert_eq!(old.start_block(), Some(1));
+    assert_eq!(old.start_hash(), Some(first_upgrade.as_str()));
+    // The lock the shim took before starting it lies in the volume, the shim's own file.
+    let lock = volume.path().join("engine-shim.lock");
+    let owner = std::os::unix::fs::MetadataExt::uid(&fs::metadata(&lock).unwrap_or_else(|e| {
+        panic!(
+            "no lock file in the volume ({e}); output:\n{}",
+            proc.output.dump()
+        )
+    }));
+    assert_eq!(owner, ENGINE_UID);
+
+    // Release 1.1.0 at block 2: 1.0.0 stops, then 1.1.0 starts from that very block.
+    node.set_release("1.1.0").await;
+    let upgrade = node.new_blocks(1).await;
+    let new = wait_event(&events, "start", "1.1.0").await;
+    let stop = wait_event(&events, "stop", "1.0.0").await;
+    assert_eq!(stop.pid, old.pid);
+    assert!(
+        stop.unix_nanos() < new.unix_nanos(),
+        "1.0.0 stopped before 1.1.0 started"
+    );
+    assert_eq!(new.start_block(), Some(2), "{{block}} = the upgrade block");
+    assert_eq!(new.start_hash(), Some(upgrade.as_str()));
+    wait_healthy(&container, &proc).await;
+
+    // `podman stop`: SIGTERM to PID 1 reaches the shim, which stops its engine within its grace
+    // and exits 0; nothing is killed after the timeout.
+    let stop = podman()
+        .args(["stop", "--time", "30", &container.name])
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "podman stop: {stop:?}");
+    let status = proc.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "output:\n{}", proc.output.dump());
+    assert_eq!(container.inspect("{{.State.ExitCode}}"), "0");
+    let all = read_events(&events);
+    assert!(
+        all.iter()
+            .any(|e| e.event == "stop" && e.version == "1.1.0" && e.pid == new.pid),
+        "engine 1.1.0 stopped on SIGTERM: {all:?}"
+    );
+    assert!(!all.iter().any(|e| e.event == "lock_failed"), "{all:?}");
+    let lines = proc.output.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("was killed")),
+        "{}",
+        proc.output.dump()
+    );
+}
