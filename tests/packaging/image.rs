@@ -4,11 +4,12 @@
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
 use crate::base_image::harness::{
     read_events, wait_for_events, EngineEvent, LogLine, Node, Proc, TIMEOUT,
 };
-use crate::base_image::{free_port, podman, Container, Context, ULIMITS};
+use crate::base_image::{free_port, podman, repo, run_ok, Container, Context, ULIMITS};
 
 /// The image's user (deploy/container/Containerfile).
 const ENGINE_UID: u32 = 10001;
@@ -60,8 +61,8 @@ fn run_container(
     container: &Container,
     image: &str,
     node: &Node,
-    metrics_port: u16,
     volume: &Path,
+    extra: &[&str],
 ) -> Proc {
     let mut command = podman();
     command
@@ -74,10 +75,11 @@ fn run_container(
         .args(["-e", &format!("ENGINE_SHIM_NODE={}", node.url)])
         .args([
             "-e",
-            &format!("ENGINE_SHIM_METRICS_LISTEN=127.0.0.1:{metrics_port}"),
+            &format!("ENGINE_SHIM_METRICS_LISTEN=127.0.0.1:{}", free_port()),
         ])
         .args(["-e", "ENGINE_SHIM_GRACE=5s"])
         .args(["-v", &format!("{}:/etc/chainflip", volume.display())])
+        .args(extra)
         .arg(image);
     Proc::spawn("container", command)
 }
@@ -128,7 +130,7 @@ async fn the_multi_version_image_waits_hands_over_and_stops_cleanly() {
     let volume = volume();
     let events = volume.path().join("events.jsonl");
     let container = Container::named("multi-version");
-    let mut proc = run_container(&container, image, &node, free_port(), volume.path());
+    let mut proc = run_container(&container, image, &node, volume.path(), &[]);
 
     // Runs as its own user, under an init.
     wait_log(&proc, 0, "WAITING for a compatible release version").await;
@@ -192,5 +194,112 @@ async fn the_multi_version_image_waits_hands_over_and_stops_cleanly() {
         !lines.iter().any(|l| l.contains("was killed")),
         "{}",
         proc.output.dump()
+    );
+}
+
+/// The runner-package image as the test builds it: a `chainflip-engine` Debian package whose
+/// `/usr/bin/chainflip-engine` is fake-engine as today's runner covering 1.0.0 and 1.1.0
+/// (switching inside its process), installed by the Containerfile, and the shipped
+/// `engine-shim.runner.toml`.
+fn runner_context() -> Context {
+    let context = Context::new();
+    context.add_binary("fake-engine", "bin/fake-engine");
+    let root = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(root.path().join("DEBIAN")).unwrap();
+    fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+    fs::write(
+        root.path().join("DEBIAN/control"),
+        "Package: chainflip-engine\nVersion: 1.1.0\nArchitecture: all\n\
+         Maintainer: engine-shim tests <tests@engine-shim.invalid>\n\
+         Description: stand-in for the Chainflip engine runner covering 1.0.0 and 1.1.0\n",
+    )
+    .unwrap();
+    let program = root.path().join("usr/bin/chainflip-engine");
+    fs::write(
+        &program,
+        "#!/bin/sh\nexec /usr/local/bin/fake-engine --as-versions 1.0.0,1.1.0 \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    run_ok(
+        Command::new("dpkg-deb").args([
+            "--build",
+            "--root-owner-group",
+            root.path().to_str().unwrap(),
+            context
+                .path("packages/chainflip-engine_1.1.0_all.deb")
+                .to_str()
+                .unwrap(),
+        ]),
+    );
+    fs::copy(
+        repo().join("deploy/container/engine-shim.runner.toml"),
+        context.path("engine-shim.toml"),
+    )
+    .unwrap();
+    context
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_package_image_runs_the_runner_through_its_own_upgrade() {
+    crate::base_image::require("dpkg-deb");
+    let image = "localhost/engine-shim-test:runner";
+    runner_context().build(image);
+    let node = Node::start(&["--release", "1.0.0"]).await;
+    let volume = volume();
+    let events = volume.path().join("events.jsonl");
+    // The config an operator mounts over the image's (a ConfigMap in Kubernetes): the stand-in
+    // runner follows the node itself, as the real one does.
+    let config = tempfile::NamedTempFile::new().expect("tempfile");
+    fs::write(
+        config.path(),
+        format!(
+            r#"log_format = "json"
+[[engine]]
+versions = ["1.0.0", "1.1.0"]
+command = ["/usr/bin/chainflip-engine", "--node", "{}", "--data-dir", "/etc/chainflip/data",
+  "--events", "/etc/chainflip/events.jsonl"]
+"#,
+            node.url
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        config.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let container = Container::named("runner");
+    let mount = format!("{}:/etc/engine-shim.toml:ro", config.path().display());
+    let mut proc = run_container(&container, image, &node, volume.path(), &["-v", &mount]);
+
+    wait_log(&proc, 0, "starting engine 1.1.0 (covers 1.0.0, 1.1.0)").await;
+    let runner = wait_event(&events, "start", "1.0.0").await;
+    wait_healthy(&container, &proc).await;
+
+    // The upgrade inside the pair: the runner switches in its own process; the shim lets it be.
+    node.set_release("1.1.0").await;
+    node.new_blocks(1).await;
+    let switch = wait_event(&events, "switch", "1.1.0").await;
+    assert_eq!(switch.pid, runner.pid, "same process");
+    wait_healthy(&container, &proc).await;
+
+    let stop = podman()
+        .args(["stop", "--time", "30", &container.name])
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "podman stop: {stop:?}");
+    let status = proc.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "output:\n{}", proc.output.dump());
+    let all = read_events(&events);
+    let lives: Vec<_> = all.iter().filter(|e| e.event == "start").collect();
+    assert_eq!(lives.len(), 1, "one runner process all along: {all:?}");
+    assert!(
+        all.iter().any(|e| e.event == "stop" && e.pid == runner.pid),
+        "the runner stopped on SIGTERM: {all:?}"
     );
 }
