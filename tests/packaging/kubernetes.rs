@@ -59,7 +59,10 @@ fn flags(container: &Value) -> HashMap<String, String> {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    assert!(args.len() % 2 == 0, "args are --flag value pairs: {args:?}");
+    assert!(
+        args.len().is_multiple_of(2),
+        "args are --flag value pairs: {args:?}"
+    );
     args.chunks(2)
         .map(|pair| (pair[0].to_string(), pair[1].to_string()))
         .collect()
