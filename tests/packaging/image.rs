@@ -275,7 +275,13 @@ command = ["/usr/bin/chainflip-engine", "--node", "{}", "--data-dir", "/etc/chai
     .unwrap();
     let container = Container::named("runner");
     let mount = format!("{}:/etc/engine-shim.toml:ro", config.path().display());
-    let mut proc = run_container(&container, image, &node, volume.path(), &["-v", &mount]);
+    let mut proc = run_container(
+        &container,
+        image,
+        &node,
+        volume.path(),
+        &["-v", &mount, "-e", "ENGINE_SHIM_STALE_AFTER=1s"],
+    );
 
     wait_log(&proc, 0, "starting engine 1.1.0 (covers 1.0.0, 1.1.0)").await;
     let runner = wait_event(&events, "start", "1.0.0").await;
@@ -286,6 +292,22 @@ command = ["/usr/bin/chainflip-engine", "--node", "{}", "--data-dir", "/etc/chai
     node.new_blocks(1).await;
     let switch = wait_event(&events, "switch", "1.1.0").await;
     assert_eq!(switch.pid, runner.pid, "same process");
+    wait_healthy(&container, &proc).await;
+
+    // Finality stalls: past --stale-after the health check fails (the shim cannot vouch for the
+    // engine), and passes again once blocks are finalized.
+    node.stall_finality(true).await;
+    node.new_blocks(2).await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while container.healthy() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the health check never failed while the node stalled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    node.stall_finality(false).await;
+    node.new_blocks(1).await;
     wait_healthy(&container, &proc).await;
 
     let stop = podman()
