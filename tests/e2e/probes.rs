@@ -82,6 +82,11 @@ async fn a_stalled_node_fails_readyz_while_livez_stays_200() {
     let (code, live) = probe(&addr, "/livez").await;
     assert_eq!(code, 200, "a stalled node must not fail liveness: {live}");
     assert!(live.contains("\"live\":true"), "{live}");
+    // Live because the loop keeps turning with no block to handle, not because it never started.
+    assert!(
+        !live.contains("\"loop_turned_ms_ago\":null"),
+        "the event loop reports its turns: {live}"
+    );
     // Nothing was restarted or stopped for the node's trouble.
     assert_eq!(shim.engine_events().len(), 1, "{:?}", shim.engine_events());
     assert!(
