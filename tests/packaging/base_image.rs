@@ -223,3 +223,26 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("no free port")
 }
+
+/// Runs the real `engine-shim run ARGS` on this machine, outside any image, with none of the
+/// caller's `ENGINE_SHIM_*` settings and the lock directory in `lock_dir` (as the image's ENV
+/// sets it): `(exit code, stdout and stderr)`. For checking that a shipped config and its flags
+/// parse: start-up then stops at the first file only the image has (an engine program), exit 1,
+/// where a bad flag or key would be a usage error, exit 2.
+pub fn shim_start_up(args: &[String], lock_dir: &Path) -> (Option<i32>, String) {
+    let mut command = Command::new(harness::bin("engine-shim"));
+    command.arg("run").args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ENGINE_SHIM_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("ENGINE_SHIM_LOCK_DIR", lock_dir);
+    let output = command.output().expect("cannot run engine-shim");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}

@@ -325,3 +325,29 @@ command = ["/usr/bin/chainflip-engine", "--node", "{}", "--data-dir", "/etc/chai
         "the runner stopped on SIGTERM: {all:?}"
     );
 }
+
+#[test]
+fn the_shipped_image_configs_are_accepted_by_the_shim() {
+    for (config, first_program) in [
+        (
+            "engine-shim.multi-version.toml",
+            "/usr/local/bin/chainflip-engine1.0",
+        ),
+        ("engine-shim.runner.toml", "/usr/bin/chainflip-engine"),
+    ] {
+        let path = repo().join("deploy/container").join(config);
+        let lock_dir = tempfile::tempdir().unwrap();
+        let args = vec!["--config".to_string(), path.display().to_string()];
+        let (code, output) = crate::base_image::shim_start_up(&args, lock_dir.path());
+        if std::path::Path::new(first_program).exists() {
+            // An engine really installed here: the file parsed, whatever happens next.
+            assert_ne!(code, Some(2), "{config}: {output}");
+            continue;
+        }
+        assert_eq!(code, Some(1), "{config}: {output}");
+        assert!(
+            output.contains(&format!("engine program {first_program} does not exist")),
+            "{config}: {output}"
+        );
+    }
+}

@@ -10,8 +10,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::base_image::harness::bin;
-use crate::base_image::{repo, require, run_ok};
+use crate::base_image::{repo, require, run_ok, shim_start_up};
 
 fn dir() -> PathBuf {
     repo().join("deploy/kubernetes")
@@ -220,25 +219,11 @@ fn the_shim_accepts_the_manifests_flags_and_config() {
     fs::write(&file, toml).unwrap();
     flags.insert("--config".into(), file.display().to_string());
     flags.insert("--metrics-listen".into(), "127.0.0.1:0".into());
-    let mut command = Command::new(bin("engine-shim"));
-    command.arg("run");
-    for (flag, value) in &flags {
-        command.args([flag, value]);
-    }
-    for (name, _) in std::env::vars() {
-        if name.starts_with("ENGINE_SHIM_") {
-            command.env_remove(name);
-        }
-    }
-    // As the image's ENV sets it: the lock directory exists there.
-    command.env("ENGINE_SHIM_LOCK_DIR", scratch.path());
-    let output = command.output().expect("cannot run engine-shim");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    let args: Vec<String> = flags.into_iter().flat_map(|(f, v)| [f, v]).collect();
+    let (code, output) = shim_start_up(&args, scratch.path());
+    assert_eq!(code, Some(1), "{output}");
     assert!(
-        format!("{stdout}{stderr}")
-            .contains("engine program /usr/local/bin/chainflip-engine1.0 does not exist"),
-        "{stdout}{stderr}"
+        output.contains("engine program /usr/local/bin/chainflip-engine1.0 does not exist"),
+        "{output}"
     );
 }
