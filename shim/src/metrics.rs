@@ -39,6 +39,9 @@ struct State {
     last_block_at: Option<SystemTime>,
     engine_crashes: u64,
     engine_should_run: bool,
+    /// The release at the last processed block could not be used: nothing starts or stops
+    /// while it lasts, and blocks keep arriving, so no other metric shows it.
+    release_unknown: bool,
 }
 
 impl Metrics {
@@ -50,6 +53,7 @@ impl Metrics {
         self.with(|s| {
             s.last_block = Some((number, Instant::now()));
             s.last_block_at = Some(SystemTime::now());
+            s.release_unknown = release.is_none();
             if release.is_some() {
                 s.release = release;
             }
@@ -149,6 +153,11 @@ impl Metrics {
                 "engine_shim_engine_should_run",
                 "1 while an installed engine is compatible with the release, so an engine should run (here or in the instance holding the lock).",
                 u8::from(s.engine_should_run).to_string(),
+            );
+            gauge(
+                "engine_shim_release_unknown",
+                "1 while the release at the last processed block cannot be used (absent, 0.0.0, malformed): nothing starts or stops.",
+                u8::from(s.release_unknown).to_string(),
             );
             gauge(
                 "engine_shim_no_compatible_engine",
@@ -425,6 +434,22 @@ mod tests {
                 "{counter}"
             );
         }
+    }
+
+    #[test]
+    fn an_unusable_release_shows_until_a_usable_one_is_read() {
+        let metrics = Metrics::default();
+        let unknown = || value(&metrics.render(), "engine_shim_release_unknown");
+        assert_eq!(unknown().as_deref(), Some("0"));
+        metrics.block(1, Some(SemVer::new(1, 0, 0)));
+        metrics.block(2, None);
+        assert_eq!(unknown().as_deref(), Some("1"));
+        // The last release read stays visible meanwhile.
+        assert!(metrics
+            .render()
+            .contains("engine_shim_release_info{version=\"1.0.0\"} 1"));
+        metrics.block(3, Some(SemVer::new(1, 0, 0)));
+        assert_eq!(unknown().as_deref(), Some("0"));
     }
 
     #[test]

@@ -104,3 +104,34 @@ async fn an_engine_crash_counts_and_the_engine_still_should_run() {
     assert!(text.contains("engine_shim_engine_should_run 1"), "{text}");
     assert!(text.contains("# TYPE engine_shim_engine_crashes_total counter"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_release_value_shows_while_it_lasts() {
+    let node = Node::start(&["--release", "1.0.0"]).await;
+    let shim = Shim::builder(&node, "1.0.0")
+        .shim_args(&["--metrics-listen", "127.0.0.1:0"])
+        .spawn();
+    let addr = metrics_addr(&shim).await;
+    shim.wait_message(0, &["started (pid"]).await;
+    wait_sample(&addr, "engine_shim_release_unknown", "0").await;
+
+    // Two bytes where SCALE SemVer has three: the shim cannot use the release.
+    node.set_release_value(Some("0x0102")).await;
+    node.new_blocks(1).await;
+    shim.wait_message(0, &["cannot use the release at block #1"])
+        .await;
+    let text = scrape(&addr).await;
+    assert_eq!(
+        sample(&text, "engine_shim_release_unknown").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("engine_shim_engine_running 1"),
+        "the engine keeps running: {text}"
+    );
+
+    node.set_release("1.0.0").await;
+    node.new_blocks(1).await;
+    wait_sample(&addr, "engine_shim_release_unknown", "0").await;
+}
