@@ -11,12 +11,13 @@ mod probes;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::accept::AcceptLoop;
+use crate::gate::Notice;
 use crate::version::SemVer;
 
 pub use probes::TURN_EVERY;
@@ -41,6 +42,14 @@ struct State {
     no_compatible_engine: bool,
     /// The event loop's last turn, for `/livez`.
     last_turn: Option<Instant>,
+    /// Wall-clock time of the last processed block, for alerts on a stale node: Prometheus
+    /// compares it with its own `time()`, which a monotonic instant could not be.
+    last_block_at: Option<SystemTime>,
+    engine_crashes: u64,
+    engine_should_run: bool,
+    /// The release at the last processed block could not be used: nothing starts or stops
+    /// while it lasts, and blocks keep arriving, so no other metric shows it.
+    release_unknown: bool,
 }
 
 impl Metrics {
@@ -51,6 +60,8 @@ impl Metrics {
     pub fn block(&self, number: u64, release: Option<SemVer>) {
         self.with(|s| {
             s.last_block = Some((number, Instant::now()));
+            s.last_block_at = Some(SystemTime::now());
+            s.release_unknown = release.is_none();
             if release.is_some() {
                 s.release = release;
             }
@@ -99,6 +110,22 @@ impl Metrics {
         self.with(|s| s.last_turn = Some(Instant::now()));
     }
 
+    /// Whether an installed engine is compatible with the last known release, so an engine should
+    /// run — here, or in the instance sharing the lock that holds it. Summed over the instances
+    /// sharing one lock, it tells "nobody holds the lock while an engine should run" apart from
+    /// "every instance waits for an upgrade".
+    pub fn engine_should_run(&self, should_run: bool) {
+        self.with(|s| s.engine_should_run = should_run);
+    }
+
+    /// Counts what a gate notice says that no other metric shows: an engine's unexpected exit
+    /// (a crash loop shows only as a rate of these, since a restarted engine runs again).
+    pub fn notice(&self, notice: &Notice) {
+        if let Notice::Crashed { .. } = notice {
+            self.with(|s| s.engine_crashes += 1);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.with(|s| {
@@ -131,24 +158,50 @@ impl Metrics {
                 s.lock_epoch.unwrap_or(0).to_string(),
             );
             gauge(
-                "engine_shim_engine_starts_total",
-                "Engines started.",
-                s.engine_starts.to_string(),
+                "engine_shim_last_block_timestamp_seconds",
+                "Unix time at which the last finalized block was processed (0 before the first).",
+                s.last_block_at.map_or(0.0, unix_seconds).to_string(),
             );
             gauge(
-                "engine_shim_fences_total",
-                "Engines stopped because the lock was lost.",
-                s.fences.to_string(),
+                "engine_shim_engine_should_run",
+                "1 while an installed engine is compatible with the release, so an engine should run (here or in the instance holding the lock).",
+                u8::from(s.engine_should_run).to_string(),
             );
             gauge(
-                "engine_shim_hand_offs_total",
-                "Completed hand-offs.",
-                s.hand_offs.to_string(),
+                "engine_shim_release_unknown",
+                "1 while the release at the last processed block cannot be used (absent, 0.0.0, malformed): nothing starts or stops.",
+                u8::from(s.release_unknown).to_string(),
             );
             gauge(
                 "engine_shim_no_compatible_engine",
                 "1 while the release is known and no installed engine covers it (install the next engine); 0 otherwise, also while every engine waits for an upgrade.",
                 u8::from(s.no_compatible_engine).to_string(),
+            );
+            let mut counter = |name: &str, help: &str, value: u64| {
+                let _ = write!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+                );
+            };
+            counter(
+                "engine_shim_engine_starts_total",
+                "Engines started.",
+                s.engine_starts,
+            );
+            counter(
+                "engine_shim_engine_crashes_total",
+                "Engines that exited unexpectedly while the release still fitted them.",
+                s.engine_crashes,
+            );
+            counter(
+                "engine_shim_fences_total",
+                "Engines stopped because the lock was lost.",
+                s.fences,
+            );
+            counter(
+                "engine_shim_hand_offs_total",
+                "Completed hand-offs.",
+                s.hand_offs,
             );
             let dropped = "engine_shim_log_lines_dropped_total";
             let _ = write!(
@@ -210,6 +263,12 @@ impl Metrics {
             (healthy, body)
         })
     }
+}
+
+/// Seconds since the Unix epoch, with millisecond precision (Prometheus' `time()` has the same).
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_millis() as f64 / 1000.0)
 }
 
 /// The longest request head read (request line and headers); probes send about 100 bytes.
@@ -369,6 +428,86 @@ mod tests {
         assert!(metrics
             .render()
             .contains("# TYPE engine_shim_no_compatible_engine gauge\n"));
+    }
+
+    #[test]
+    fn counts_crashes_and_says_whether_an_engine_should_run() {
+        let metrics = Metrics::default();
+        let read = |name: &str| value(&metrics.render(), name);
+        assert_eq!(read("engine_shim_engine_crashes_total"), Some("0".into()));
+        assert_eq!(read("engine_shim_engine_should_run"), Some("0".into()));
+        metrics.notice(&Notice::StandbyOver);
+        assert_eq!(read("engine_shim_engine_crashes_total"), Some("0".into()));
+        metrics.notice(&Notice::Crashed {
+            engine: crate::covers::Covers::new(vec![SemVer::new(1, 0, 0)]).unwrap(),
+            status: "exit status: 3".into(),
+            uptime: Duration::from_secs(2),
+            restart_in: Duration::from_secs(1),
+            unconfirmed: None,
+        });
+        assert_eq!(read("engine_shim_engine_crashes_total"), Some("1".into()));
+        metrics.engine_should_run(true);
+        assert_eq!(read("engine_shim_engine_should_run"), Some("1".into()));
+        for counter in [
+            "engine_shim_engine_starts_total",
+            "engine_shim_engine_crashes_total",
+            "engine_shim_fences_total",
+            "engine_shim_hand_offs_total",
+        ] {
+            assert!(
+                metrics
+                    .render()
+                    .contains(&format!("# TYPE {counter} counter\n")),
+                "{counter}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unusable_release_shows_until_a_usable_one_is_read() {
+        let metrics = Metrics::default();
+        let unknown = || value(&metrics.render(), "engine_shim_release_unknown");
+        assert_eq!(unknown().as_deref(), Some("0"));
+        metrics.block(1, Some(SemVer::new(1, 0, 0)));
+        metrics.block(2, None);
+        assert_eq!(unknown().as_deref(), Some("1"));
+        // The last release read stays visible meanwhile.
+        assert!(metrics
+            .render()
+            .contains("engine_shim_release_info{version=\"1.0.0\"} 1"));
+        metrics.block(3, Some(SemVer::new(1, 0, 0)));
+        assert_eq!(unknown().as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn the_last_block_timestamp_is_wall_clock_seconds() {
+        let metrics = Metrics::default();
+        let stamp = || {
+            value(
+                &metrics.render(),
+                "engine_shim_last_block_timestamp_seconds",
+            )
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+        };
+        assert_eq!(stamp(), 0.0);
+        let before = unix_seconds(SystemTime::now());
+        metrics.block(3, None);
+        let after = unix_seconds(SystemTime::now());
+        assert!(
+            (before..=after).contains(&stamp()),
+            "{before} {} {after}",
+            stamp()
+        );
+    }
+
+    /// The value of the unlabelled sample `name`.
+    fn value(text: &str, name: &str) -> Option<String> {
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
     }
 
     #[test]

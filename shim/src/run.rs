@@ -718,13 +718,17 @@ impl Shell {
                         self.metrics.lock(false, None);
                         info!(lock = %self.lock.spec(), "released the lock {}", self.lock.spec());
                     }
-                    Action::Notify(notice) => telemetry::notice(&notice),
+                    Action::Notify(notice) => {
+                        self.metrics.notice(&notice);
+                        telemetry::notice(&notice)
+                    }
                     Action::Exit => return true,
                 }
             }
         }
         self.metrics
             .no_compatible_engine(self.gate.missing_engine().is_some());
+        self.metrics.engine_should_run(self.gate.target().is_some());
         false
     }
 

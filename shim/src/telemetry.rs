@@ -3,11 +3,13 @@
 //! The gate and the follower say *what* happened; this module says it in words. The WAITING and
 //! "no longer compatible" lines keep Chainflip's exact wording so existing alerts keep working.
 //! In JSON mode each line is tracing's `{"timestamp","level","fields":{"message",…},"target"}`,
-//! the same shape the engine itself logs. Lines pass through [`sink`] (never blocks, counts
+//! the same shape the engine itself logs, with every field; text lines are for people and leave
+//! out what the message already says ([`text`]). Lines pass through [`sink`] (never blocks, counts
 //! what it drops) and [`scrub`] (no forged lines, no passwords) on their way out.
 
 mod scrub;
 mod sink;
+mod text;
 
 use std::time::Duration;
 
@@ -41,7 +43,7 @@ pub fn init(format: LogFormat, to_stderr: bool) -> LogGuard {
         .with_writer(sink.clone());
     // `try_init` so a second call (tests) is harmless.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.event_format(text::PeopleFormat).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     LogGuard::new(sink)

@@ -23,6 +23,7 @@ mod handover_two_processes;
 mod hostile_control;
 mod hostile_lock;
 mod hostile_logs;
+mod log_text;
 mod metrics;
 mod pg_infra;
 mod probes;

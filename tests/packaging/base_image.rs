@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// The end-to-end harness (fake-node, awaiting output and event files).
-#[path = "../e2e/common/mod.rs"]
-#[allow(dead_code)] // each test target uses its own subset
-pub mod harness;
+use crate::harness;
 
 /// The base every test image is built `FROM`: Debian bookworm minbase plus catatonit (the init
 /// the Containerfile would otherwise install with apt-get, which needs a network).

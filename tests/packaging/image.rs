@@ -6,10 +6,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::base_image::harness::{
-    read_events, wait_for_events, EngineEvent, LogLine, Node, Proc, TIMEOUT,
-};
 use crate::base_image::{free_port, podman, repo, run_ok, Container, Context, ULIMITS};
+use crate::harness::{read_events, wait_for_events, EngineEvent, LogLine, Node, Proc, TIMEOUT};
 
 /// The image's user (deploy/container/Containerfile).
 const ENGINE_UID: u32 = 10001;

@@ -4,6 +4,13 @@
 //! `scripts/test-packaging` installs the tools and runs this binary; a missing tool fails a test
 //! loudly and names that script.
 
+/// The end-to-end harness (fake-node, shims, awaiting output and event files, scrapes), shared
+/// with `tests/e2e`.
+#[path = "../e2e/common/mod.rs"]
+#[allow(dead_code)] // the packaging tests use a subset of it
+mod harness;
+
 mod base_image;
 mod image;
 mod kubernetes;
+mod prometheus;
