@@ -3,3 +3,7 @@
 //! container image under podman, the Kubernetes manifests, the Prometheus rules and the dashboard.
 //! `scripts/test-packaging` installs the tools and runs this binary; a missing tool fails a test
 //! loudly and names that script.
+
+mod deb;
+mod debian_root;
+mod systemd;
