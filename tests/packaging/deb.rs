@@ -11,7 +11,7 @@ use engine_shim::config::Overrides;
 use crate::debian_root::{deb, repo, require_tool, text, Container};
 
 /// Where the package lands in the container.
-const DEB_IN_ROOT: &str = "/tmp/engine-shim.deb";
+const DEB_IN_ROOT: &str = "/srv/engine-shim.deb";
 
 #[test]
 fn lintian_finds_no_errors() {

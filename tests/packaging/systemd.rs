@@ -50,12 +50,12 @@ async fn upgrade_under_systemd_survives_a_sigkill_of_the_shim() {
     let dir = host.dir.path().to_path_buf();
     let root = Container::booted(
         &[
-            (deb(), "/tmp/engine-shim.deb"),
+            (deb(), "/srv/engine-shim.deb"),
             (&fake_engine, &fake_engine.display().to_string()),
         ],
         &[(&dir, &dir.display().to_string())],
     );
-    root.sh_ok("dpkg -i /tmp/engine-shim.deb");
+    root.sh_ok("dpkg -i /srv/engine-shim.deb");
     install_drop_in(&root, &node, &host, &fake_engine);
     root.sh_ok("systemctl daemon-reload && systemctl start engine-shim");
 
@@ -196,14 +196,19 @@ fn main_pid(root: &Container) -> u32 {
     pid.trim().parse().expect("MainPID is a number")
 }
 
-/// The state letter of `pid` in the container (`None`: no such process). systemd as PID 1 reaps
-/// orphans, so a killed engine does not linger as a zombie.
+/// The state letter of the fake-engine `pid` in the container (`None`: no such engine; a pid since
+/// given to another program does not count). systemd as PID 1 reaps orphans, so a killed engine
+/// does not linger as a zombie.
 fn engine_state(root: &Container, pid: u32) -> Option<String> {
     let out = root.exec(&["cat", &format!("/proc/{pid}/stat")]);
     if !out.status.success() {
         return None;
     }
     let stat = text(&out.stdout);
-    let state = stat.rsplit_once(") ")?.1.split_whitespace().next()?;
+    let (head, rest) = stat.rsplit_once(") ")?;
+    if !head.ends_with("(fake-engine") {
+        return None;
+    }
+    let state = rest.split_whitespace().next()?;
     (state != "Z").then(|| state.to_string())
 }
