@@ -40,6 +40,47 @@ fn hardening_exposure_stays_at_most_the_current_score() {
     );
 }
 
+/// The settings the shim's behaviour depends on, read from the unit as shipped (their reasons are
+/// in deploy/systemd/README.md). The boot test below shows them at work; this names the one that
+/// changed.
+#[test]
+fn unit_keeps_the_settings_the_shim_relies_on() {
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/engine-shim.service")).unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("the unit sets no {key}="))
+            .trim()
+            .to_string()
+    };
+    // SIGTERM to the shim alone (it stops its engine itself); SIGKILL to what is left.
+    assert_eq!(value("KillMode"), "mixed");
+    assert_eq!(value("Restart"), "always");
+    assert_eq!(value("RestartSec"), "5s");
+    assert_eq!(
+        value("StartLimitIntervalSec"),
+        "0",
+        "restarts are never given up"
+    );
+    assert_eq!(value("User"), "engine-shim");
+    assert_eq!(
+        value("StateDirectory"),
+        "engine-shim",
+        "the example config's lock_dir"
+    );
+    assert_eq!(
+        value("RuntimeDirectory"),
+        "engine-shim",
+        "the example config's control socket"
+    );
+    assert_eq!(value("NoNewPrivileges"), "yes");
+    assert_eq!(value("ProtectSystem"), "strict");
+    assert_eq!(
+        value("ExecStart"),
+        "/usr/bin/engine-shim run --config /etc/engine-shim/engine-shim.toml"
+    );
+}
+
 /// The operator's story on one host: the package installed, the unit started with a drop-in that
 /// points it at the node and names three fake-engine versions on one data directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
