@@ -30,3 +30,38 @@ fn write_pages(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     clap_mangen::generate_to(Cli::command(), dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_one_page_per_command_with_its_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pages(dir.path()).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "engine-shim-check.1",
+                "engine-shim-handoff.1",
+                "engine-shim-run.1",
+                "engine-shim.1"
+            ]
+        );
+        let run = std::fs::read_to_string(dir.path().join("engine-shim-run.1")).unwrap();
+        for flag in ["grace", "lock\\-dir", "ENGINE_SHIM_NODE"] {
+            assert!(run.contains(flag), "engine-shim-run.1 lacks {flag}");
+        }
+    }
+
+    #[test]
+    fn refuses_anything_but_one_directory() {
+        assert_eq!(main(&[]), ExitCode::from(2));
+        assert_eq!(main(&["a".into(), "b".into()]), ExitCode::from(2));
+    }
+}
