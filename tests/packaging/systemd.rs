@@ -3,11 +3,10 @@
 //! of the shim (systemd restarts it; KillMode=mixed leaves no orphan engine), hands over exactly
 //! again, and `dpkg -P` stops it all.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
-use crate::debian_root::harness::{self, EngineEvent, Host, Node};
+use crate::debian_root::harness::{self, EngineEvent, Node};
 use crate::debian_root::{deb, repo, require_tool, text, Container};
 
 /// The unit's exposure as `systemd-analyze security --offline=yes` rates it today (0 = locked
@@ -86,7 +85,7 @@ fn unit_keeps_the_settings_the_shim_relies_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_under_systemd_survives_a_sigkill_of_the_shim() {
     let node = Node::start(&["--release", "1.0.0"]).await;
-    let host = shared_host();
+    let host = SharedDir::new();
     let fake_engine = harness::bin("fake-engine");
     let dir = host.dir.path().to_path_buf();
     let root = Container::booted(
@@ -155,23 +154,88 @@ async fn upgrade_under_systemd_survives_a_sigkill_of_the_shim() {
     );
 }
 
-/// A host directory the container sees at the same path, so the harness reads the engines' event
-/// file where they write it. Not under /tmp: the unit's PrivateTmp hides that from the engine.
-fn shared_host() -> Host {
-    let parent = repo().join("target/packaging-tests");
-    std::fs::create_dir_all(&parent).unwrap();
-    let dir = tempfile::tempdir_in(&parent).expect("tempdir");
-    let data_dir = dir.path().join("data");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    // The engines run as the unit's user, whose uid exists only in the container.
-    for path in [dir.path(), &data_dir] {
-        chmod_777(path);
+/// The engines' shared data directory and event file, in a host directory the container sees at
+/// the same path, so the harness reads the events where the engines write them. Not under /tmp:
+/// the unit's PrivateTmp hides that from the engine. Unlike the harness's `Host` it kills nothing
+/// on drop: the pids in its events are the container's, not this host's (the container's removal
+/// ends them).
+struct SharedDir {
+    dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    events: PathBuf,
+}
+
+impl SharedDir {
+    fn new() -> SharedDir {
+        let parent = repo().join("target/packaging-tests");
+        std::fs::create_dir_all(&parent).unwrap();
+        let dir = tempfile::tempdir_in(&parent).expect("tempdir");
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        // The engines run as the unit's user, whose uid exists only in the container.
+        for path in [dir.path(), &data_dir] {
+            chmod_777(path);
+        }
+        SharedDir {
+            events: dir.path().join("events.jsonl"),
+            data_dir,
+            dir,
+        }
     }
-    Host {
-        data_dir,
-        events: dir.path().join("events.jsonl"),
-        lock: dir.path().join("unused.lock"),
-        dir: Arc::new(dir),
+
+    fn events(&self) -> Vec<EngineEvent> {
+        harness::read_events(&self.events)
+    }
+
+    /// Waits for the `n`th (1-based) `event` of engine `version`.
+    async fn wait_event(&self, event: &str, version: &str, n: usize) -> EngineEvent {
+        let what = format!("event #{n} `{event}` of engine {version}");
+        let matches = |e: &&EngineEvent| e.event == event && e.version == version;
+        let events = harness::wait_for_events(
+            &self.events,
+            &what,
+            |events| events.iter().filter(matches).count() >= n,
+            |events| format!("engine events:\n{}", harness::describe_events(events)),
+        )
+        .await;
+        events.iter().filter(matches).nth(n - 1).unwrap().clone()
+    }
+
+    /// The hand-over from `old` to `new_version` is exact: `old` wrote its stop before the new
+    /// engine started, and the new one was told the upgrade block (number and hash).
+    async fn assert_hand_over(
+        &self,
+        old: &EngineEvent,
+        new_version: &str,
+        block: u64,
+        block_hash: &str,
+    ) -> EngineEvent {
+        let new = self.wait_event("start", new_version, 1).await;
+        let stop = self.wait_event("stop", &old.version, 1).await;
+        assert_eq!(stop.pid, old.pid, "the running {} stopped", old.version);
+        assert!(
+            stop.unix_nanos() < new.unix_nanos(),
+            "stop({}) before start({new_version}):\n{}",
+            old.version,
+            harness::describe_events(&self.events())
+        );
+        assert_eq!(
+            new.start_block(),
+            Some(block),
+            "{{block}} = the upgrade block"
+        );
+        assert_eq!(new.start_hash(), Some(block_hash));
+        new
+    }
+
+    /// No engine ever found the data directory locked by another: no two ran at once.
+    fn assert_no_lock_failed(&self) {
+        let events = self.events();
+        assert!(
+            !events.iter().any(|e| e.event == "lock_failed"),
+            "an engine found the data directory locked by another one:\n{}",
+            harness::describe_events(&events)
+        );
     }
 }
 
@@ -182,7 +246,7 @@ fn chmod_777(path: &Path) {
 
 /// Points the installed unit at `node` and at three fake-engines, through a drop-in as an operator
 /// would; everything else comes from the packaged unit and the packaged example config.
-fn install_drop_in(root: &Container, node: &Node, host: &Host, fake_engine: &Path) {
+fn install_drop_in(root: &Container, node: &Node, host: &SharedDir, fake_engine: &Path) {
     let engines: Vec<String> = ["1.0.0", "1.1.0", "1.2.0"]
         .iter()
         .map(|version| {
@@ -224,7 +288,7 @@ fn install_drop_in(root: &Container, node: &Node, host: &Host, fake_engine: &Pat
 /// Sets the release to `version` and builds its first block; asserts the hand-over from `old` is
 /// exact (old stopped before the new one started, told the upgrade block) and returns the new
 /// engine's start event.
-async fn upgrade(node: &Node, host: &Host, old: &EngineEvent, version: &str) -> EngineEvent {
+async fn upgrade(node: &Node, host: &SharedDir, old: &EngineEvent, version: &str) -> EngineEvent {
     node.set_release(version).await;
     let hash = node.new_blocks(1).await;
     let number = node.block_number(&hash).await;
