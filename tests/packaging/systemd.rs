@@ -139,14 +139,35 @@ async fn upgrade_under_systemd_survives_a_sigkill_of_the_shim() {
     let third = upgrade(&node, &host, &restarted, "1.2.0").await;
     host.assert_no_lock_failed();
 
-    // Purging the package stops the service, and with it the engine.
+    // `systemctl stop`: SIGTERM to the shim alone, which stops its engine and exits 0.
+    root.sh_ok("systemctl stop engine-shim");
+    let stop = host.wait_event("stop", "1.2.0", 1).await;
+    assert_eq!(stop.pid, third.pid);
+    let result = root.sh_ok(
+        "systemctl show --property Result --property ExecMainCode --property ExecMainStatus engine-shim",
+    );
+    assert!(
+        result.contains("Result=success") && result.contains("ExecMainStatus=0"),
+        "the shim stopped cleanly, exit 0:\n{result}"
+    );
+
+    // Purging the package stops the running service, and with it the engine.
+    root.sh_ok("systemctl start engine-shim");
+    let last = host.wait_event("start", "1.2.0", 2).await;
     root.sh_ok("dpkg -P engine-shim");
-    host.wait_event("stop", "1.2.0", 1).await;
+    let stop = host.wait_event("stop", "1.2.0", 2).await;
+    assert_eq!(stop.pid, last.pid);
     let left = root.processes_named(&["engine-shim", "fake-engine"]);
     assert!(left.is_empty(), "dpkg -P left processes running: {left:?}");
-    assert_eq!(engine_state(&root, third.pid), None);
+    assert_eq!(engine_state(&root, last.pid), None);
     let unit = root.exec(&["systemctl", "cat", "engine-shim.service"]);
     assert!(!unit.status.success(), "the unit is gone after dpkg -P");
+    // What the service made is gone with it; the engines' data (the operator's) stays.
+    root.sh_ok("! test -e /var/lib/engine-shim && ! test -e /run/engine-shim && ! test -e /etc/engine-shim");
+    assert!(
+        host.data_dir.join("LOCK").exists(),
+        "the engines' data is kept"
+    );
     let journal = root.sh_ok("journalctl --unit engine-shim --output cat --no-pager");
     assert!(
         journal.contains("is no longer compatible with the release version '1.1.0'"),
