@@ -122,6 +122,10 @@ impl Container {
     pub fn booted(mounts: &[(&Path, &str)], rw_mounts: &[(&Path, &str)]) -> Container {
         let mut extra: Vec<String> = vec!["--network".into(), "host".into()];
         extra.push("--systemd=always".into());
+        // systemd builds each unit's sandbox (ProtectSystem=, PrivateTmp=, …) in a mount namespace
+        // of its own; without CAP_SYS_ADMIN it quietly runs the unit unsandboxed, which would hide
+        // a hardening setting that breaks the engine.
+        extra.push("--cap-add=SYS_ADMIN".into());
         for (host, inside) in rw_mounts {
             extra.push("--volume".into());
             extra.push(format!("{}:{inside}", host.display()));

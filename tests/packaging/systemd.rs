@@ -13,6 +13,10 @@ use crate::debian_root::{deb, repo, require_tool, text, Container};
 /// down, 10 = unprotected). Lower it when hardening improves; never raise it.
 const MAX_EXPOSURE: f64 = 1.4;
 
+/// The engines' data directory, under Chainflip's config root as the real engine keeps `data.db`:
+/// the unit's hardening must leave it writable (`ReadWritePaths=-/etc/chainflip`).
+const ENGINE_DATA: &str = "/etc/chainflip/data";
+
 #[test]
 fn hardening_exposure_stays_at_most_the_current_score() {
     require_tool("systemd-analyze");
@@ -96,6 +100,10 @@ async fn upgrade_under_systemd_survives_a_sigkill_of_the_shim() {
         &[(&dir, &dir.display().to_string())],
     );
     root.sh_ok("dpkg -i /srv/engine-shim.deb");
+    // The operator's step from the README: the engine's config root belongs to the unit's user.
+    root.sh_ok(&format!(
+        "mkdir -p {ENGINE_DATA} && chown -R engine-shim: /etc/chainflip"
+    ));
     install_drop_in(&root, &node, &host, &fake_engine);
     root.sh_ok("systemctl daemon-reload && systemctl start engine-shim");
 
@@ -164,10 +172,7 @@ async fn upgrade_under_systemd_survives_a_sigkill_of_the_shim() {
     assert!(!unit.status.success(), "the unit is gone after dpkg -P");
     // What the service made is gone with it; the engines' data (the operator's) stays.
     root.sh_ok("! test -e /var/lib/engine-shim && ! test -e /run/engine-shim && ! test -e /etc/engine-shim");
-    assert!(
-        host.data_dir.join("LOCK").exists(),
-        "the engines' data is kept"
-    );
+    root.sh_ok(&format!("test -e {ENGINE_DATA}/LOCK"));
     let journal = root.sh_ok("journalctl --unit engine-shim --output cat --no-pager");
     assert!(
         journal.contains("is no longer compatible with the release version '1.1.0'"),
@@ -175,14 +180,13 @@ async fn upgrade_under_systemd_survives_a_sigkill_of_the_shim() {
     );
 }
 
-/// The engines' shared data directory and event file, in a host directory the container sees at
+/// The engines' shared event file, in a host directory the container sees at
 /// the same path, so the harness reads the events where the engines write them. Not under /tmp:
 /// the unit's PrivateTmp hides that from the engine. Unlike the harness's `Host` it kills nothing
 /// on drop: the pids in its events are the container's, not this host's (the container's removal
 /// ends them).
 struct SharedDir {
     dir: tempfile::TempDir,
-    data_dir: PathBuf,
     events: PathBuf,
 }
 
@@ -191,15 +195,10 @@ impl SharedDir {
         let parent = repo().join("target/packaging-tests");
         std::fs::create_dir_all(&parent).unwrap();
         let dir = tempfile::tempdir_in(&parent).expect("tempdir");
-        let data_dir = dir.path().join("data");
-        std::fs::create_dir_all(&data_dir).unwrap();
         // The engines run as the unit's user, whose uid exists only in the container.
-        for path in [dir.path(), &data_dir] {
-            chmod_777(path);
-        }
+        chmod_777(dir.path());
         SharedDir {
             events: dir.path().join("events.jsonl"),
-            data_dir,
             dir,
         }
     }
@@ -276,7 +275,7 @@ fn install_drop_in(root: &Container, node: &Node, host: &SharedDir, fake_engine:
                 "--as-version".into(),
                 version.to_string(),
                 "--data-dir".into(),
-                host.data_dir.display().to_string(),
+                ENGINE_DATA.to_string(),
                 "--events".into(),
                 host.events.display().to_string(),
                 "start-block={block}".into(),
