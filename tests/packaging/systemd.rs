@@ -147,6 +147,18 @@ async fn upgrade_under_systemd_survives_a_sigkill_of_the_shim() {
     let third = upgrade(&node, &host, &restarted, "1.2.0").await;
     host.assert_no_lock_failed();
 
+    // `systemctl reload`: SIGHUP re-reads the packaged config file; the running engine stays.
+    root.sh_ok("systemctl reload engine-shim");
+    root.wait_sh(
+        "the shim to answer the reload",
+        "journalctl --unit engine-shim --output cat --no-pager",
+        |log| log.contains("SIGHUP: re-read /etc/engine-shim/engine-shim.toml"),
+    );
+    assert!(
+        engine_state(&root, third.pid).is_some(),
+        "a reload leaves the engine running"
+    );
+
     // `systemctl stop`: SIGTERM to the shim alone, which stops its engine and exits 0.
     root.sh_ok("systemctl stop engine-shim");
     let stop = host.wait_event("stop", "1.2.0", 1).await;
