@@ -1,7 +1,7 @@
 //! The systemd unit: its hardening score is held, and under a real systemd (a container with systemd
 //! as PID 1, the package installed) it runs an upgrade with an exact hand-over, survives a SIGKILL
 //! of the shim (systemd restarts it; KillMode=mixed leaves no orphan engine), hands over exactly
-//! again, and `dpkg -P` stops it all.
+//! again, answers `systemctl reload` and `systemctl stop` (exit 0), and `dpkg -P` stops it all.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
