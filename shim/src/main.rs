@@ -13,6 +13,8 @@ use engine_shim::{check, run, telemetry};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+mod man_pages;
+
 fn main() -> ExitCode {
     // The engine's guardian is this binary too, started by the supervisor; it needs no runtime.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -21,6 +23,9 @@ fn main() -> ExitCode {
         .is_some_and(|arg| arg == engine_shim::GUARDIAN_SUBCOMMAND)
     {
         engine_shim::guardian_main(&args[2..]);
+    }
+    if args.get(1).is_some_and(|arg| arg == man_pages::SUBCOMMAND) {
+        return man_pages::main(&args[2..]);
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -11,6 +11,9 @@
 mod harness;
 
 mod base_image;
+mod deb;
+mod debian_root;
 mod image;
 mod kubernetes;
 mod prometheus;
+mod systemd;
