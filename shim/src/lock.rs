@@ -112,6 +112,18 @@ pub enum LockEvent {
     Failed { error: String },
 }
 
+/// Until when a [`Lock`] may be acted on ([`Lock::usability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usability {
+    /// Not held: never granted, given back, or lost.
+    NotHeld,
+    /// Held until given back (a file lock, or no lock): it cannot be lost meanwhile.
+    UntilReleased,
+    /// Held, and usable until this renewal deadline (a database lock), which every successful
+    /// renewal moves on. Past it the lock must not be acted on, even before its loss is reported.
+    Until(BootInstant),
+}
+
 /// One process's handle on its lock. Not `Clone`: exactly one owner decides when to give it back.
 ///
 /// Dropping a `Lock` gives up a pending acquisition and releases a held lock.
@@ -277,16 +289,15 @@ impl Lock {
         }
     }
 
-    /// Whether a held lock may still be acted on now: false when not held, or when a database
-    /// lock's renew deadline has passed (after a pause the `Granted` in the channel may be stale
-    /// before the worker has had a chance to report the loss).
-    pub fn usable(&self) -> bool {
+    /// Until when the lock may be acted on, as of now. The run loop tells the gate, which starts
+    /// nothing on a lock past its deadline: after a pause the worker may not have reported the
+    /// loss yet (a `Granted` in the channel may be stale too), while the database may already
+    /// have let another holder in.
+    pub fn usability(&self) -> Usability {
         match &*lock(&self.phase) {
-            Phase::Held(Holding::Database { usable_until, .. }) => {
-                BootInstant::now() < *usable_until
-            }
-            Phase::Held(_) => true,
-            Phase::Idle | Phase::Waiting { .. } => false,
+            Phase::Held(Holding::Database { usable_until, .. }) => Usability::Until(*usable_until),
+            Phase::Held(_) => Usability::UntilReleased,
+            Phase::Idle | Phase::Waiting { .. } => Usability::NotHeld,
         }
     }
 

@@ -21,8 +21,8 @@ use crate::covers::Covers;
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate, Grant, KillCause, Timing};
 use crate::lock::{
-    HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions, PASSWORD_ENV,
-    PASSWORD_FILE_ENV,
+    HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions, Usability,
+    PASSWORD_ENV, PASSWORD_FILE_ENV,
 };
 use crate::metrics::{self, Metrics};
 use crate::probe::discover;
@@ -607,11 +607,6 @@ impl Shell {
     /// (no engine runs then: the gate only starts one after a grant).
     fn on_lock_event(&mut self, event: LockEvent) -> anyhow::Result<Option<Event>> {
         let spec = self.lock.spec().clone();
-        if matches!(event, LockEvent::Granted { .. }) && !self.lock.usable() {
-            // Its renew deadline passed before the grant could be used (a pause): the gate
-            // decides what that means.
-            return Ok(Some(Event::LockGranted(Grant::Expired)));
-        }
         match event {
             LockEvent::Waiting {
                 holder: Some(holder),
@@ -624,17 +619,27 @@ impl Shell {
                 info!(lock = %spec, "waiting for the lock {spec} (holder unknown)");
                 Ok(None)
             }
-            LockEvent::Granted { epoch: None } => {
-                info!(lock = %spec, "acquired the lock {spec}");
-                self.lock_epoch = None;
-                self.metrics.lock(true, None);
-                Ok(Some(Event::LockGranted(Grant::Usable)))
-            }
-            LockEvent::Granted { epoch: Some(epoch) } => {
-                info!(lock = %spec, lock_epoch = epoch, "acquired the lock {spec} (epoch {epoch})");
-                self.lock_epoch = Some(epoch);
-                self.metrics.lock(true, Some(epoch));
-                Ok(Some(Event::LockGranted(Grant::Usable)))
+            LockEvent::Granted { epoch } => {
+                let now = Instant::now();
+                let grant = match self.lock.usability() {
+                    Usability::UntilReleased => Grant::UntilReleased,
+                    Usability::Until(deadline) => Grant::Until(now + deadline.remaining()),
+                    // Lost before the grant was read (the loss follows): too late to use.
+                    Usability::NotHeld => Grant::Until(now),
+                };
+                if grant == Grant::Until(now) {
+                    // Past its renewal deadline already (a pause): the gate gives it back and
+                    // asks again, and the shell says so then.
+                    return Ok(Some(Event::LockGranted(grant)));
+                }
+                match epoch {
+                    None => info!(lock = %spec, "acquired the lock {spec}"),
+                    Some(epoch) => info!(lock = %spec, lock_epoch = epoch,
+                        "acquired the lock {spec} (epoch {epoch})"),
+                }
+                self.lock_epoch = epoch;
+                self.metrics.lock(true, epoch);
+                Ok(Some(Event::LockGranted(grant)))
             }
             LockEvent::Lost { reason, kill_by } => {
                 // The engine must be dead by `kill_by` (on the boot-time clock): the gate fences
@@ -665,7 +670,16 @@ impl Shell {
     fn handle(&mut self, event: Event) -> bool {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
-            for action in self.gate.step(Instant::now(), event) {
+            let now = Instant::now();
+            let mut actions = match self.lock.usability() {
+                // Stated before every event, converted afresh: see `Event::LockUsableUntil`.
+                Usability::Until(deadline) => self
+                    .gate
+                    .step(now, Event::LockUsableUntil(now + deadline.remaining())),
+                Usability::UntilReleased | Usability::NotHeld => Vec::new(),
+            };
+            actions.extend(self.gate.step(now, event));
+            for action in actions {
                 match action {
                     Action::Start { engine, block } => {
                         if let Err(failed) = self.start(engine, block) {
@@ -688,6 +702,12 @@ impl Shell {
                         (Some(child), KillCause::SecondSignal) => child.kill_now(),
                         (None, _) => {}
                     },
+                    Action::HoldStart { engine } => {
+                        let spec = self.lock.spec();
+                        let covers = &self.engines[engine].covers;
+                        warn!(lock = %spec, engine_version = %covers.newest(),
+                            "engine {covers}: not started: the lock {spec} is past its renewal deadline (was this process paused?); starting it once the lock is renewed, or asking for the lock again once its loss is reported");
+                    }
                     Action::RetryLock => {
                         let spec = self.lock.spec();
                         warn!(lock = %spec, "the lock {spec} was granted, but its renewal deadline passed before it could be used (was this process paused?); asking again");

@@ -115,7 +115,7 @@ fn step(g: &mut Sim, event: Event) -> Vec<Action> {
     let mut actions = g.step(event);
     if let Some(i) = actions.iter().position(|a| *a == Action::AcquireLock) {
         actions.remove(i);
-        actions.extend(g.step(Event::LockGranted(Grant::Usable)));
+        actions.extend(g.step(Event::LockGranted(Grant::UntilReleased)));
     }
     actions
 }
@@ -584,7 +584,7 @@ fn an_engine_starts_only_once_the_lock_is_granted() {
     assert_eq!(commands(g.step(at(2, "1.0.0"))), []);
     // Not an upgrade: the engine starts from the present, the latest finalized block.
     assert_eq!(
-        commands(g.step(Event::LockGranted(Grant::Usable))),
+        commands(g.step(Event::LockGranted(Grant::UntilReleased))),
         [Action::Start {
             engine: 0,
             block: block(2)
@@ -607,7 +607,7 @@ fn an_idle_shim_holds_no_lock() {
     assert_eq!(lock_actions(&g.step(at(2, "1.1.0"))), [Action::CancelLock]);
     // A grant that crossed the cancel is handed straight back.
     assert_eq!(
-        g.step(Event::LockGranted(Grant::Usable)),
+        g.step(Event::LockGranted(Grant::UntilReleased)),
         [Action::ReleaseLock]
     );
     // Running, then no longer compatible: the lock goes back only after the child is reaped.
@@ -742,13 +742,13 @@ fn a_grant_too_old_to_use_is_given_back_and_asked_for_again() {
         [Action::AcquireLock]
     );
     assert_eq!(
-        g.step(Event::LockGranted(Grant::Expired)),
+        g.step(Event::LockGranted(Grant::Until(g.now))),
         [Action::RetryLock]
     );
     assert_eq!(g.alive(), None);
     // The next grant answers the same wait.
     assert_eq!(
-        commands(g.step(Event::LockGranted(Grant::Usable))),
+        commands(g.step(Event::LockGranted(Grant::UntilReleased))),
         [Action::Start {
             engine: 0,
             block: block(1)
@@ -759,8 +759,154 @@ fn a_grant_too_old_to_use_is_given_back_and_asked_for_again() {
     g.step(at(1, "1.0.0"));
     g.step(at(2, "1.1.0"));
     assert_eq!(
-        g.step(Event::LockGranted(Grant::Expired)),
+        g.step(Event::LockGranted(Grant::Until(g.now))),
         [Action::ReleaseLock]
+    );
+}
+
+/// The renewal deadline of a PostgreSQL lock with the default lease (5 s, so 2.5 s).
+const RENEW_DEADLINE: Duration = Duration::from_millis(2500);
+
+/// A gate running engine 0 (1.0.0) on a lock that must be renewed, granted at block 1; the
+/// release then moves to 1.1.0 at block 2, so engine 0 is being stopped for engine 1.
+fn handing_over_on_a_renewed_lock() -> Sim {
+    let mut g = gate(&["1.0.0", "1.1.0"]);
+    assert_eq!(
+        commands_and_lock(g.step(at(1, "1.0.0"))),
+        [Action::AcquireLock]
+    );
+    let until = g.now + RENEW_DEADLINE;
+    assert_eq!(
+        commands(g.step(Event::LockGranted(Grant::Until(until)))),
+        [Action::Start {
+            engine: 0,
+            block: block(1)
+        }]
+    );
+    assert_eq!(
+        commands(g.step(Event::LockUsableUntil(g.now + RENEW_DEADLINE))),
+        []
+    );
+    assert_eq!(
+        commands(g.step(at(2, "1.1.0"))),
+        [Action::Stop { engine: 0 }]
+    );
+    g
+}
+
+#[test]
+fn a_hand_over_on_a_lock_past_its_renewal_deadline_waits_for_the_renewal() {
+    let mut g = handing_over_on_a_renewed_lock();
+    // The process was paused past the deadline; the old engine's exit comes first.
+    g.advance(Duration::from_secs(10));
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 6))),
+        [Action::HoldStart { engine: 1 }]
+    );
+    assert_eq!(g.alive(), None);
+    // Said once: more blocks and ticks start nothing and say nothing again.
+    assert_eq!(commands_and_lock(g.step(at(3, "1.1.0"))), []);
+    assert_eq!(commands_and_lock(g.step(Event::Tick)), []);
+    // Stating the same passed deadline again changes nothing either.
+    let passed = g.now - Duration::from_secs(1);
+    assert_eq!(
+        commands_and_lock(g.step(Event::LockUsableUntil(passed))),
+        []
+    );
+    // A renewal that succeeded after all moves the deadline on: the start goes ahead, from the
+    // upgrade block, on the lock already held.
+    let renewed = g.now + RENEW_DEADLINE;
+    assert_eq!(
+        commands_and_lock(g.step(Event::LockUsableUntil(renewed))),
+        [Action::Start {
+            engine: 1,
+            block: block(2)
+        }]
+    );
+}
+
+#[test]
+fn a_start_held_back_for_the_lock_asks_for_it_again_once_it_is_lost() {
+    let mut g = handing_over_on_a_renewed_lock();
+    g.advance(Duration::from_secs(10));
+    g.step(exited(0, 6));
+    let kill_by = g.now;
+    let reason = "no renewal succeeded within 2.5s".to_string();
+    // No child is alive: nothing to fence, nothing to give back; the lock is asked for anew.
+    let lost = g.step(Event::LockLost { reason, kill_by });
+    assert_eq!(commands_and_lock(lost), [Action::AcquireLock]);
+    let until = g.now + RENEW_DEADLINE;
+    assert_eq!(
+        commands_and_lock(g.step(Event::LockGranted(Grant::Until(until)))),
+        [Action::Start {
+            engine: 1,
+            block: block(2)
+        }]
+    );
+}
+
+#[test]
+fn a_renewed_lock_lets_a_later_start_go_ahead() {
+    let mut g = handing_over_on_a_renewed_lock();
+    g.advance(Duration::from_secs(10));
+    // Renewed meanwhile: the deadline the shell states is ahead again.
+    g.step(Event::LockUsableUntil(g.now + RENEW_DEADLINE));
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 6))),
+        [Action::Start {
+            engine: 1,
+            block: block(2)
+        }]
+    );
+}
+
+#[test]
+fn a_lock_without_a_renewal_deadline_is_usable_until_given_back() {
+    let mut g = gate(&["1.0.0", "1.1.0"]);
+    g.step(at(1, "1.0.0"));
+    g.step(Event::LockGranted(Grant::UntilReleased));
+    g.step(at(2, "1.1.0"));
+    g.advance(Duration::from_secs(3600));
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 6))),
+        [Action::Start {
+            engine: 1,
+            block: block(2)
+        }]
+    );
+}
+
+#[test]
+fn a_start_held_back_for_the_lock_ends_with_a_shutdown_or_a_step_down() {
+    for (event, ending) in [(SIGTERM, Action::Exit), (Event::HandOff, Action::HandedOff)] {
+        let mut g = handing_over_on_a_renewed_lock();
+        g.advance(Duration::from_secs(10));
+        g.step(exited(0, 6));
+        assert_eq!(
+            commands_and_lock(g.step(event)),
+            [Action::ReleaseLock, ending]
+        );
+        // A renewal arriving after the lock was given back starts nothing.
+        assert_eq!(
+            commands_and_lock(g.step(Event::LockUsableUntil(g.now + RENEW_DEADLINE))),
+            []
+        );
+    }
+}
+
+#[test]
+fn a_start_held_back_follows_the_release() {
+    let mut g = handing_over_on_a_renewed_lock();
+    g.advance(Duration::from_secs(10));
+    g.step(exited(0, 6));
+    // The release moves on to one no engine covers: the held-back start is void, the lock goes.
+    assert_eq!(
+        commands_and_lock(g.step(at(3, "1.2.0"))),
+        [Action::ReleaseLock]
+    );
+    assert_eq!(
+        commands_and_lock(g.step(Event::LockUsableUntil(g.now + RENEW_DEADLINE))),
+        []
     );
 }
 
@@ -1105,7 +1251,8 @@ fn a_replacement_that_changes_nothing_does_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Model check: one or two shims (processes), each with its own gate and engines, sharing one chain
 // and one lock, under random interleavings of blocks, crashes, stop completions, lock grants (in
-// time or too late to use), lock losses (with their fencing deadline ahead or already passed),
+// time or too late to use, bounded by a renewal deadline or not), renewals, lock losses (with
+// their fencing deadline ahead or already passed),
 // hand-offs, signals and the passing of virtual time, with each shim's timer firing late or
 // early at any point among them.
 
@@ -1113,6 +1260,8 @@ fn a_replacement_that_changes_nothing_does_nothing() {
 /// to someone else: later than the fencing deadline, as the real lock's deadlines guarantee.
 const MODEL_KILL_WITHIN: Duration = Duration::from_secs(3);
 const MODEL_LEASE_FREE_AFTER: Duration = Duration::from_secs(5);
+/// How long a grant or a renewal of a lock that must be renewed stays usable.
+const MODEL_RENEW_DEADLINE: Duration = Duration::from_millis(2500);
 
 /// One shim process as the outside world sees it.
 struct Shim {
@@ -1152,6 +1301,9 @@ struct World {
     holder: Option<usize>,
     /// The holder's grant came too late to be used: it must not start anything on it.
     holder_expired: bool,
+    /// The holder's renewal deadline, for a lock that must be renewed: nothing may start on the
+    /// lock from then on, however long ago it was granted.
+    holder_until: Option<Instant>,
     waiting: std::collections::VecDeque<usize>,
     now: Instant,
 }
@@ -1163,7 +1315,10 @@ enum Op {
     Crash(usize, u64),
     StopCompletes(usize),
     /// The lock goes to the first waiter; `false`: the grant arrives too late to be used.
-    Grant(bool),
+    /// `true`: a lock that must be renewed, usable until [`MODEL_RENEW_DEADLINE`] from now.
+    Grant(bool, bool),
+    /// The holder renews its lock, if its renewal deadline has not passed.
+    Renew(usize),
     /// The shim's second signal, if it is the second.
     Shutdown(usize),
     /// The lock is lost; `true`: the loss is noticed only after its fencing deadline passed.
@@ -1187,7 +1342,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         6 => (0usize..2).prop_map(Op::Deliver),
         1 => (0usize..2, 0u64..30).prop_map(|(s, up)| Op::Crash(s, up)),
         3 => (0usize..2).prop_map(Op::StopCompletes),
-        3 => proptest::bool::weighted(0.85).prop_map(Op::Grant),
+        3 => (proptest::bool::weighted(0.85), proptest::bool::ANY)
+            .prop_map(|(usable, bounded)| Op::Grant(usable, bounded)),
+        3 => (0usize..2).prop_map(Op::Renew),
         1 => (0usize..2).prop_map(Op::Shutdown),
         1 => (0usize..2, proptest::bool::weighted(0.2)).prop_map(|(s, late)| Op::Lose(s, late)),
         1 => (0usize..2).prop_map(Op::LeaseExpires),
@@ -1242,6 +1399,7 @@ impl World {
             chain: Vec::new(),
             holder: None,
             holder_expired: false,
+            holder_until: None,
             waiting: Default::default(),
             now: Instant::now(),
         }
@@ -1255,7 +1413,14 @@ impl World {
             } => Some(*release),
             _ => None,
         };
-        let actions = self.shims[s].gate.step(self.now, event);
+        // The shell states the held lock's deadline before every event, as `run.rs` does.
+        let mut actions = match self.holder_until {
+            Some(until) if self.holder == Some(s) && !self.holder_expired => self.shims[s]
+                .gate
+                .step(self.now, Event::LockUsableUntil(until)),
+            _ => Vec::new(),
+        };
+        actions.extend(self.shims[s].gate.step(self.now, event));
         for action in actions {
             if let (Action::Stop { engine }, Some(release)) = (&action, release) {
                 // No hand-over between two compatible engines: a block stops only what it must.
@@ -1289,6 +1454,13 @@ impl World {
             Action::Start { engine, .. } => {
                 assert_eq!(self.holder, Some(s), "shim {s} started without the lock");
                 assert!(!self.holder_expired, "shim {s} started on an expired grant");
+                if let Some(until) = self.holder_until {
+                    assert!(
+                        now < until,
+                        "shim {s} started {:?} past the lock's renewal deadline",
+                        now - until
+                    );
+                }
                 assert_eq!(shim.alive, None, "shim {s} started a second child");
                 assert!(
                     others_running.is_empty(),
@@ -1323,6 +1495,18 @@ impl World {
                     );
                 }
                 self.waiting.push_back(s);
+            }
+            Action::HoldStart { .. } => {
+                assert_eq!(
+                    self.holder,
+                    Some(s),
+                    "held a start back on a lock it does not hold"
+                );
+                assert!(
+                    self.holder_until.is_some_and(|until| now >= until),
+                    "held a start back on a usable lock"
+                );
+                assert_eq!(shim.alive, None, "held a start back with a child alive");
             }
             Action::RetryLock => {
                 assert_eq!(self.holder, Some(s), "gave back a grant it does not hold");
@@ -1435,18 +1619,33 @@ impl World {
                 }
             }
             Op::StopCompletes(s) => self.complete_stop(s),
-            Op::Grant(usable) => {
+            Op::Grant(usable, bounded) => {
                 if self.holder.is_none() {
                     if let Some(s) = self.waiting.pop_front() {
                         self.holder = Some(s);
                         self.holder_expired = !usable;
-                        let grant = if usable {
-                            Grant::Usable
-                        } else {
-                            Grant::Expired
+                        let grant = match (usable, bounded) {
+                            (true, false) => Grant::UntilReleased,
+                            (true, true) => Grant::Until(self.now + MODEL_RENEW_DEADLINE),
+                            (false, _) => Grant::Until(self.now),
+                        };
+                        self.holder_until = match grant {
+                            Grant::UntilReleased => None,
+                            Grant::Until(until) => Some(until),
                         };
                         self.feed(s, Event::LockGranted(grant));
                     }
+                }
+            }
+            Op::Renew(s) => {
+                let renewable = self.holder == Some(s)
+                    && !self.holder_expired
+                    && self.shims[s].lost.is_none()
+                    && self.holder_until.is_some_and(|until| self.now < until);
+                if renewable {
+                    let until = self.now + MODEL_RENEW_DEADLINE;
+                    self.holder_until = Some(until);
+                    self.feed(s, Event::LockUsableUntil(until));
                 }
             }
             Op::Lose(s, late) => {
@@ -1609,8 +1808,14 @@ impl World {
                 self.complete_stop(s);
                 self.run(Op::HeadAnswers(s, true));
                 self.expire_lease(s);
+                self.run(Op::Renew(s));
+                // A lock past its renewal deadline is reported lost by its worker.
+                let past_deadline = self.holder_until.is_some_and(|until| self.now >= until);
+                if self.holder == Some(s) && past_deadline {
+                    self.run(Op::Lose(s, false));
+                }
             }
-            self.run(Op::Grant(true));
+            self.run(Op::Grant(true, false));
             let next = self
                 .shims
                 .iter()
