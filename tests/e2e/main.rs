@@ -13,6 +13,7 @@ mod failover_database_outage;
 mod failover_frozen_holder;
 mod failover_network_cut;
 mod failover_password;
+mod failover_paused_hand_over;
 mod failover_primary_secondary;
 mod failover_upgrade;
 mod fake_engine_double;
