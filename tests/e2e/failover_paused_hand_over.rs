@@ -16,9 +16,7 @@ use crate::common::chaos::parent_pid;
 use crate::common::failover::{
     freeze, is_stopped, lock_epoch, read_lease, thaw, wait_started_by, Mode, PgLock,
 };
-use crate::common::{
-    kill_engine, pg, unix_nanos_now, wait_gone, wait_until, Host, Node, TIMEOUT,
-};
+use crate::common::{kill_engine, pg, unix_nanos_now, wait_gone, wait_until, Host, Node, TIMEOUT};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +29,7 @@ async fn lease_holder_paused_during_a_hand_over_starts_the_next_engine_only_on_a
     let lock_args: Vec<&str> = lock_args.iter().map(String::as_str).collect();
     let shim = host
         .shim(&node)
-        .engine_with("1.0.0", &["epoch={lock_epoch}", "--ignore-term"])
+        .engine_with("1.0.0", &["--ignore-term", "epoch={lock_epoch}"])
         .engine_with("1.1.0", &["epoch={lock_epoch}"])
         .lock(&lock.url)
         .shim_args(&lock_args)
@@ -82,9 +80,7 @@ async fn lease_holder_paused_during_a_hand_over_starts_the_next_engine_only_on_a
     );
     let lost = position("lost the lock").expect("the loss of the paused holder's lock is reported");
     assert!(lost < started, "{}", messages.join("\n"));
-    if let Some(held_back) = position(
-        "engine 1.1.0: not started: the lock postgres://",
-    ) {
+    if let Some(held_back) = position("engine 1.1.0: not started: the lock postgres://") {
         assert!(
             messages[held_back].contains("is past its renewal deadline (was this process paused?)"),
             "{}",
@@ -108,7 +104,10 @@ async fn wait_lease_expired(name: &str) {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let row = read_lease(name).await;
-        if row.as_ref().is_some_and(|row| row.expires_at < unix_nanos_now()) {
+        if row
+            .as_ref()
+            .is_some_and(|row| row.expires_at < unix_nanos_now())
+        {
             return;
         }
         assert!(
