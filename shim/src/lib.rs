@@ -17,7 +17,6 @@
 //!   and the benchmarks).
 //! - [`block`], [`version`], [`storage_key`], and the Chainflip log lines in [`telemetry`]: the
 //!   vocabulary fake-node shares with the shim.
-//! - [`lock`]: public for now (the PostgreSQL lock is being reshaped); nothing outside uses it.
 //! - [`guardian_main`], [`request_hand_off`], [`send_hand_off`]: what the binary becomes or calls
 //!   besides the shells.
 //!
@@ -45,7 +44,7 @@ pub(crate) mod gate;
 pub(crate) mod guardian;
 pub(crate) mod handoff_pid;
 pub(crate) mod head;
-pub mod lock;
+pub(crate) mod lock;
 pub(crate) mod metrics;
 pub(crate) mod preflight;
 pub(crate) mod probe;

@@ -85,10 +85,12 @@ pub use fence::BootInstant;
 use file::{LockFile, TryLock};
 pub use holder::HolderInfo;
 pub use pg_config::{
-    LockMode, Password, PgLockConfig, PgOptions, DEFAULT_LEASE, DEFAULT_LOCK_NAME, DEFAULT_RENEW,
-    PASSWORD_ENV, PASSWORD_FILE_ENV,
+    LockMode, Password, PgOptions, DEFAULT_LEASE, DEFAULT_LOCK_NAME, DEFAULT_RENEW, PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
 };
-pub use spec::{LockSpec, LockSpecError, CONFIG_ROOT_ENV, DEFAULT_CONFIG_ROOT, LOCK_FILE_NAME};
+#[cfg(test)]
+use spec::LOCK_FILE_NAME;
+pub use spec::{LockSpec, LockSpecError, CONFIG_ROOT_ENV};
 
 /// What became of an acquisition, in the order it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +303,7 @@ impl Lock {
         }
     }
 
+    #[cfg(test)]
     pub fn is_held(&self) -> bool {
         matches!(*lock(&self.phase), Phase::Held(_))
     }
