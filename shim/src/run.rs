@@ -21,8 +21,8 @@ use crate::covers::Covers;
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate, Grant, KillCause, Timing};
 use crate::lock::{
-    HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions, Usability,
-    PASSWORD_ENV, PASSWORD_FILE_ENV,
+    BootInstant, HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions,
+    Usability, PASSWORD_ENV, PASSWORD_FILE_ENV,
 };
 use crate::metrics::{self, Metrics};
 use crate::probe::discover;
@@ -623,7 +623,7 @@ impl Shell {
                 let now = Instant::now();
                 let grant = match self.lock.usability() {
                     Usability::UntilReleased => Grant::UntilReleased,
-                    Usability::Until(deadline) => Grant::Until(now + deadline.remaining()),
+                    Usability::Until(deadline) => Grant::Until(on_gate_clock(deadline, now)),
                     // Lost before the grant was read (the loss follows): too late to use.
                     Usability::NotHeld => Grant::Until(now),
                 };
@@ -675,7 +675,7 @@ impl Shell {
                 // Stated before every event, converted afresh: see `Event::LockUsableUntil`.
                 Usability::Until(deadline) => self
                     .gate
-                    .step(now, Event::LockUsableUntil(now + deadline.remaining())),
+                    .step(now, Event::LockUsableUntil(on_gate_clock(deadline, now))),
                 Usability::UntilReleased | Usability::NotHeld => Vec::new(),
             };
             actions.extend(self.gate.step(now, event));
@@ -785,6 +785,13 @@ impl Shell {
             }),
         }
     }
+}
+
+/// The lock's renewal deadline (on the boot-time clock) as a moment on the gate's clock, from
+/// `now`: as far ahead as it is now, and `now` itself once it has passed. Converted afresh for
+/// every use, since the two clocks drift apart by the length of every suspend of the host.
+fn on_gate_clock(deadline: BootInstant, now: Instant) -> Instant {
+    now + deadline.remaining()
 }
 
 /// Sleeps until the gate's next deadline; forever while it has none.
