@@ -70,8 +70,9 @@ pub enum Event {
     /// The lock was lost (not renewed in time, taken, database gone): stop the engine at once;
     /// it must be dead by `kill_by`, after which another holder may be let in.
     LockLost { reason: String, kill_by: Instant },
-    /// The operator asked this instance to hand the work over (SIGUSR1 or `engine-shim handoff`).
-    HandOff,
+    /// The operator asked this instance to step down, so another instance takes the work over
+    /// (SIGUSR1 or `engine-shim step-down`).
+    StepDown,
     /// The shim was asked to stop (SIGTERM / SIGINT, named by `signal`). A second one means
     /// "now": the engine is killed without waiting out its grace period.
     Shutdown { signal: &'static str },
@@ -133,8 +134,8 @@ pub enum Action {
     Fence { engine: EngineId },
     /// The engine must die now: SIGKILL to its whole tree.
     Kill { engine: EngineId, cause: KillCause },
-    /// A requested hand-off is complete: no engine runs here and the lock is given back.
-    HandedOff,
+    /// A requested step-down is complete: no engine runs here and the lock is given back.
+    SteppedDown,
     /// Tell the operator something; the shell formats and logs it.
     Notify(Notice),
     /// Everything is stopped after a shutdown: the shell may exit.
@@ -154,7 +155,7 @@ pub enum KillCause {
 /// What kind of start an engine's start is, for the operator's line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartKind {
-    /// A start on a release (the first, or after a hand-over, a hand-off or a lock wait).
+    /// A start on a release (the first, or after a hand-over, a step-down or a lock wait).
     Fresh,
     /// A restart after the engine exited while it should run (a crash).
     Restart,
@@ -233,9 +234,9 @@ pub enum Notice {
     Stopped { engine: Covers, status: String },
     /// The lock was lost while an engine ran: it is being stopped at once.
     Fenced { engine: Covers, reason: String },
-    /// A hand-off was asked for; `engine` is the one being stopped, if any.
-    HandingOff { engine: Option<Covers> },
-    /// The stand-by after a hand-off ended; this instance competes for the lock again.
+    /// A step-down was asked for; `engine` is the one being stopped, if any.
+    SteppingDown { engine: Option<Covers> },
+    /// The stand-by after a step-down ended; this instance competes for the lock again.
     StandbyOver,
     /// The operator asked the shim to stop (`signal` names how).
     ShutdownRequested { signal: &'static str },
@@ -250,7 +251,7 @@ pub struct Timing {
     pub wait_log_every: Duration,
     /// How long a child must stay up for its crash back-off to reset.
     pub start_secs: Duration,
-    /// How long to ask for no lock after a hand-off.
+    /// How long to ask for no lock after a step-down.
     pub standby: Duration,
 }
 
@@ -259,7 +260,7 @@ pub struct Timing {
 enum Mode {
     /// Runs the compatible engine, asking for the lock to start it.
     Active,
-    /// Handed off: asks for no lock until `until`, so another instance takes over.
+    /// Stepped down: asks for no lock until `until`, so another instance takes over.
     Standby { until: Instant },
     /// Asked to stop: starts nothing and exits once nothing is alive.
     ShuttingDown,
@@ -271,9 +272,9 @@ enum AfterStop {
     /// Go on with what the release asks for: this is the hand-over point (or, after a fence,
     /// the wait for the lock again).
     Target,
-    /// Complete the requested hand-off: give the lock back and answer. The stand-by may have
+    /// Complete the requested step-down: give the lock back and answer. The stand-by may have
     /// run out meanwhile; then the instance goes on with the target too.
-    HandOff,
+    StepDown,
     /// The shim is shutting down: give everything back and exit.
     Exit,
 }
@@ -504,7 +505,7 @@ impl Gate {
             Event::LockGranted(grant) => self.on_lock_granted(grant, actions),
             Event::LockUsableUntil(until) => self.on_lock_usable_until(until, actions),
             Event::LockLost { reason, kill_by } => self.on_lock_lost(reason, kill_by, actions),
-            Event::HandOff => self.on_hand_off(now, actions),
+            Event::StepDown => self.on_step_down(now, actions),
             Event::Shutdown { signal } => self.on_shutdown(signal, actions),
             Event::EngineReplaced { engine, covers } => {
                 self.on_engine_replaced(engine, covers, actions)
@@ -909,9 +910,9 @@ impl Gate {
                         self.give_back_lock(actions);
                         actions.push(Action::Exit);
                     }
-                    AfterStop::HandOff => {
+                    AfterStop::StepDown => {
                         self.give_back_lock(actions);
-                        actions.push(Action::HandedOff);
+                        actions.push(Action::SteppedDown);
                         if self.mode == Mode::Active {
                             // The stand-by ran out while the engine was still stopping.
                             self.start_or_wait(News::EngineLeft, actions);
@@ -1101,11 +1102,11 @@ impl Gate {
 
     /// Stop the engine, give the lock back and stand by, so another instance takes over. A
     /// request during a stand-by starts the stand-by afresh.
-    fn on_hand_off(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    fn on_step_down(&mut self, now: Instant, actions: &mut Vec<Action>) {
         if self.mode == Mode::ShuttingDown {
             return;
         }
-        actions.push(Action::Notify(Notice::HandingOff {
+        actions.push(Action::Notify(Notice::SteppingDown {
             engine: self.alive().map(|engine| self.engines[engine].clone()),
         }));
         self.mode = Mode::Standby {
@@ -1114,14 +1115,14 @@ impl Gate {
         match self.job {
             Job::Running(engine) => {
                 actions.push(Action::Stop { engine });
-                self.job = Job::stopping(engine, AfterStop::HandOff);
+                self.job = Job::stopping(engine, AfterStop::StepDown);
             }
             Job::Stopping {
                 engine, kill_at, ..
             } => {
                 self.job = Job::Stopping {
                     engine,
-                    then: AfterStop::HandOff,
+                    then: AfterStop::StepDown,
                     kill_at,
                 }
             }
@@ -1132,7 +1133,7 @@ impl Gate {
             | Job::Retired(_) => {
                 self.job = Job::Idle;
                 self.give_back_lock(actions);
-                actions.push(Action::HandedOff);
+                actions.push(Action::SteppedDown);
             }
         }
     }

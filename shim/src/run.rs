@@ -1,7 +1,7 @@
 //! `engine-shim run`: the async shell around the gate.
 //!
 //! It feeds the gate events (the follower's blocks, child exits, lock news, the node's answers,
-//! signals and hand-off requests), each with the moment it is handled, and carries out the gate's
+//! signals and step-down requests), each with the moment it is handled, and carries out the gate's
 //! actions on real processes. All decisions stay in the gate, and so does time: the loop's only
 //! timer is a sleep until the gate's next deadline, which then feeds it `Event::Tick`.
 
@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::block::BlockRef;
 use crate::config::{validate_engines, Reload, RunConfig};
-use crate::control::{self, HandOffRequest};
+use crate::control::{self, StepDownRequest};
 use crate::covers::Covers;
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate, Grant, KillCause, Timing};
@@ -48,8 +48,8 @@ pub enum Request {
     /// Stop the engine, give the lock back and exit 0; a second one kills the engine at once.
     /// `signal` names the cause in the log (`SIGTERM`).
     Shutdown { signal: &'static str },
-    /// Stop the engine, give the lock back and stand by (as `engine-shim handoff`).
-    HandOff { signal: &'static str },
+    /// Stop the engine, give the lock back and stand by (as `engine-shim step-down`).
+    StepDown { signal: &'static str },
     /// Re-read the config file and probe every engine again.
     Reload,
 }
@@ -333,11 +333,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// What the shell is connected to beyond its own channels: the node for one-off questions, the
-/// lock, hand-off requests, metrics, the engine watcher and how to re-read the settings.
+/// lock, step-down requests, metrics, the engine watcher and how to re-read the settings.
 struct Outside {
     head: HeadCheck,
     lock: Lock,
-    control_rx: mpsc::Receiver<HandOffRequest>,
+    control_rx: mpsc::Receiver<StepDownRequest>,
     metrics: Arc<Metrics>,
     replaced_rx: mpsc::UnboundedReceiver<Replaced>,
     /// Asks the watcher to re-probe every engine now, with a new list after a reload.
@@ -360,12 +360,12 @@ struct Shell {
     lock_rx: mpsc::UnboundedReceiver<LockEvent>,
     /// The epoch of the lock held now (lease locks), handed to the engine for fencing downstream.
     lock_epoch: Option<u64>,
-    /// How long the instance stands by after a hand-off (the gate keeps the time; this is for
+    /// How long the instance stands by after a step-down (the gate keeps the time; this is for
     /// the answer to the operator).
     standby: Duration,
-    control_rx: mpsc::Receiver<HandOffRequest>,
-    /// `engine-shim handoff` clients waiting for the hand-off to complete.
-    hand_off_waiters: Vec<oneshot::Sender<String>>,
+    control_rx: mpsc::Receiver<StepDownRequest>,
+    /// `engine-shim step-down` clients waiting for the step-down to complete.
+    step_down_waiters: Vec<oneshot::Sender<String>>,
     metrics: Arc<Metrics>,
     /// Where to read the release at the finalized head; answers come back on `heads_rx`.
     head: HeadCheck,
@@ -414,7 +414,7 @@ impl Shell {
             lock_epoch: None,
             standby,
             control_rx,
-            hand_off_waiters: Vec::new(),
+            step_down_waiters: Vec::new(),
             metrics,
             head,
             heads_tx,
@@ -472,8 +472,8 @@ impl Shell {
                 },
                 Some(request) = self.control_rx.recv() => {
                     info!("hand-off requested on the control socket");
-                    self.hand_off_waiters.push(request.reply);
-                    Event::HandOff
+                    self.step_down_waiters.push(request.reply);
+                    Event::StepDown
                 }
                 Some(replaced) = self.replaced_rx.recv() => match self.on_replaced(replaced) {
                     Some(event) => event,
@@ -501,9 +501,9 @@ impl Shell {
     fn on_request(&mut self, request: Request) -> Option<Event> {
         match request {
             Request::Shutdown { signal } => Some(Event::Shutdown { signal }),
-            Request::HandOff { signal } => {
+            Request::StepDown { signal } => {
                 info!("{signal} received: handing off");
-                Some(Event::HandOff)
+                Some(Event::StepDown)
             }
             Request::Reload => {
                 self.on_sighup();
@@ -714,14 +714,14 @@ impl Shell {
                         self.lock.release();
                         self.acquire_lock();
                     }
-                    Action::HandedOff => {
+                    Action::SteppedDown => {
                         let answer = format!(
                             "handed off: no engine runs here and the lock is given back; standing by for {}",
                             humantime::format_duration(self.standby)
                         );
                         info!("{answer}");
                         self.metrics.handed_off();
-                        for waiter in self.hand_off_waiters.drain(..) {
+                        for waiter in self.step_down_waiters.drain(..) {
                             let _ = waiter.send(answer.clone());
                         }
                     }

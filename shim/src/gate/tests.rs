@@ -674,18 +674,18 @@ fn a_lost_lock_fences_the_engine_and_waits_for_the_lock_again() {
 }
 
 #[test]
-fn hand_off_stops_releases_and_stands_by_until_told() {
+fn step_down_stops_releases_and_stands_by_until_told() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
     assert_eq!(
-        commands_and_lock(g.step(Event::HandOff)),
+        commands_and_lock(g.step(Event::StepDown)),
         [Action::Stop { engine: 0 }]
     );
     // The stand-by counts from the request.
     assert_eq!(g.deadline_in(), Some(STANDBY));
     assert_eq!(
         commands_and_lock(g.step(exited(0, 3))),
-        [Action::ReleaseLock, Action::HandedOff]
+        [Action::ReleaseLock, Action::SteppedDown]
     );
     // Standing by: blocks of a compatible release start nothing, not even a lock request.
     assert_eq!(commands_and_lock(g.step(at(2, "1.0.0"))), []);
@@ -696,15 +696,15 @@ fn hand_off_stops_releases_and_stands_by_until_told() {
 }
 
 #[test]
-fn a_second_hand_off_during_the_stand_by_starts_the_stand_by_afresh() {
+fn a_second_step_down_during_the_stand_by_starts_the_stand_by_afresh() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
-    g.step(Event::HandOff);
+    g.step(Event::StepDown);
     g.step(exited(0, 3));
     g.advance(STANDBY / 2);
     assert_eq!(
-        commands_and_lock(g.step(Event::HandOff)),
-        [Action::HandedOff]
+        commands_and_lock(g.step(Event::StepDown)),
+        [Action::SteppedDown]
     );
     // When the first stand-by would have ended, the second one goes on.
     g.advance(STANDBY / 2);
@@ -723,14 +723,18 @@ fn a_second_hand_off_during_the_stand_by_starts_the_stand_by_afresh() {
 fn a_stand_by_that_ends_while_the_engine_stops_competes_once_it_is_reaped() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
-    g.step(Event::HandOff);
+    g.step(Event::StepDown);
     let over = due(&mut g);
     assert!(notices(&over).contains(&&Notice::StandbyOver));
     assert_eq!(commands_and_lock(over), []);
-    // The hand-off is still answered, then the instance competes again.
+    // The step-down is still answered, then the instance competes again.
     assert_eq!(
         commands_and_lock(g.step(exited(0, 40))),
-        [Action::ReleaseLock, Action::HandedOff, Action::AcquireLock]
+        [
+            Action::ReleaseLock,
+            Action::SteppedDown,
+            Action::AcquireLock
+        ]
     );
 }
 
@@ -878,7 +882,10 @@ fn a_lock_without_a_renewal_deadline_is_usable_until_given_back() {
 
 #[test]
 fn a_start_held_back_for_the_lock_ends_with_a_shutdown_or_a_step_down() {
-    for (event, ending) in [(SIGTERM, Action::Exit), (Event::HandOff, Action::HandedOff)] {
+    for (event, ending) in [
+        (SIGTERM, Action::Exit),
+        (Event::StepDown, Action::SteppedDown),
+    ] {
         let mut g = handing_over_on_a_renewed_lock();
         g.advance(Duration::from_secs(10));
         g.step(exited(0, 6));
@@ -999,12 +1006,12 @@ fn a_second_signal_kills_the_engine_now() {
 }
 
 #[test]
-fn hand_off_of_an_idle_instance_answers_at_once() {
+fn step_down_of_an_idle_instance_answers_at_once() {
     let mut g = gate(&["1.1.0"]);
     g.step(at(1, "1.0.0"));
     assert_eq!(
-        commands_and_lock(g.step(Event::HandOff)),
-        [Action::HandedOff]
+        commands_and_lock(g.step(Event::StepDown)),
+        [Action::SteppedDown]
     );
 }
 
@@ -1253,7 +1260,7 @@ fn a_replacement_that_changes_nothing_does_nothing() {
 // and one lock, under random interleavings of blocks, crashes, stop completions, lock grants (in
 // time or too late to use, bounded by a renewal deadline or not), renewals, lock losses (with
 // their fencing deadline ahead or already passed),
-// hand-offs, signals and the passing of virtual time, with each shim's timer firing late or
+// step-downs, signals and the passing of virtual time, with each shim's timer firing late or
 // early at any point among them.
 
 /// How long a fenced engine may live after the loss is reported, and when the lost lease may go
@@ -1280,8 +1287,8 @@ struct Shim {
     /// lease stays with this shim until the engine is reaped or `lease_free_at`, whichever is
     /// first; by then the gate must have killed it.
     lost: Option<Lost>,
-    /// When this shim was last asked to hand off: it asks for no lock for [`STANDBY`] after it.
-    handed_off_at: Option<Instant>,
+    /// When this shim was last asked to step down: it asks for no lock for [`STANDBY`] after it.
+    stepped_down_at: Option<Instant>,
     /// The gate asked for the release at the finalized head for this engine; no answer yet.
     head_check: Option<EngineId>,
     /// What a replaced engine covers once its live child (the old program) is gone.
@@ -1325,7 +1332,7 @@ enum Op {
     Lose(usize, bool),
     /// A lost lease runs out at the database, so it may go to someone else.
     LeaseExpires(usize),
-    HandOff(usize),
+    StepDown(usize),
     /// Time passes (milliseconds), without anyone being told.
     Advance(u64),
     /// The shim's timer fires (it may be late, or early for nothing).
@@ -1348,7 +1355,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0usize..2).prop_map(Op::Shutdown),
         1 => (0usize..2, proptest::bool::weighted(0.2)).prop_map(|(s, late)| Op::Lose(s, late)),
         1 => (0usize..2).prop_map(Op::LeaseExpires),
-        1 => (0usize..2).prop_map(Op::HandOff),
+        1 => (0usize..2).prop_map(Op::StepDown),
         3 => prop_oneof![Just(100u64), Just(1_000), Just(4_000), Just(20_000)].prop_map(Op::Advance),
         3 => (0usize..2).prop_map(Op::Tick),
         3 => (0usize..2, proptest::bool::weighted(0.8)).prop_map(|(s, ok)| Op::HeadAnswers(s, ok)),
@@ -1390,7 +1397,7 @@ impl World {
                 exited: false,
                 shutting_down: false,
                 lost: None,
-                handed_off_at: None,
+                stepped_down_at: None,
                 head_check: None,
             })
             .collect();
@@ -1487,10 +1494,10 @@ impl World {
             Action::AcquireLock => {
                 assert_ne!(self.holder, Some(s), "asked for a lock it holds");
                 assert!(!self.waiting.contains(&s), "asked twice");
-                if let Some(at) = shim.handed_off_at {
+                if let Some(at) = shim.stepped_down_at {
                     assert!(
                         now >= at + STANDBY,
-                        "asked for the lock {:?} after a hand-off, within the stand-by",
+                        "asked for the lock {:?} after a step-down, within the stand-by",
                         now - at
                     );
                 }
@@ -1550,9 +1557,9 @@ impl World {
                 assert_eq!(shim.alive, None, "checked the head with a child alive");
                 shim.head_check = Some(engine);
             }
-            Action::HandedOff => {
-                assert_eq!(shim.alive, None, "handed off with a child alive");
-                assert_ne!(self.holder, Some(s), "handed off holding the lock");
+            Action::SteppedDown => {
+                assert_eq!(shim.alive, None, "stepped down with a child alive");
+                assert_ne!(self.holder, Some(s), "stepped down holding the lock");
             }
             Action::ReleaseLock => {
                 assert!(shim.lost.is_none(), "released a lock it had lost");
@@ -1678,12 +1685,12 @@ impl World {
                 }
             }
             Op::LeaseExpires(s) => self.expire_lease(s),
-            Op::HandOff(s) => {
+            Op::StepDown(s) => {
                 if s < self.shims.len() && !self.shims[s].exited {
                     if !self.shims[s].shutting_down {
-                        self.shims[s].handed_off_at = Some(self.now);
+                        self.shims[s].stepped_down_at = Some(self.now);
                     }
-                    self.feed(s, Event::HandOff);
+                    self.feed(s, Event::StepDown);
                 }
             }
             Op::Advance(ms) => self.now += Duration::from_millis(ms),
