@@ -22,7 +22,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::failover::{hand_off, millis, Mode, PgLock};
+use common::failover::{millis, step_down, Mode, PgLock};
 use common::pg::{self, pg_query};
 use common::{unix_nanos_now, Host, HostShimBuilder, Node, Shim};
 use rustix::process::Signal;
@@ -156,7 +156,7 @@ async fn clean_hand_off(backend: Backend, rounds: usize) -> Vec<Duration> {
         // The operator asks at any moment of the waiter's polling, not just after its first look.
         random_phase().await;
         let asked_at = unix_nanos_now();
-        let (code, answer) = hand_off(&["--control-socket", &socket]).await;
+        let (code, answer) = step_down(&["--control-socket", &socket]).await;
         assert_eq!(code, 0, "{answer}");
         let start = pair.host.wait_event("start", "1.0.0", starts + 1).await;
         samples.push(Duration::from_nanos(

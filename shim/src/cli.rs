@@ -31,30 +31,32 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Ask once whether an engine is compatible with the chain; the answer is the exit code.
     Check(CheckArgs),
-    /// Ask a running instance to stop its engine, give the lock back and stand by, so another
-    /// instance takes over (maintenance without downtime).
-    Handoff(HandoffArgs),
+    /// Ask a running instance to step down: stop its engine, give the lock back and stand by, so
+    /// another instance takes over (maintenance without downtime). `handoff` is the same command
+    /// under its earlier name.
+    #[command(name = "step-down", alias = "handoff")]
+    StepDown(StepDownArgs),
 }
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which-instance").required(true).args(["control_socket", "pid"])))]
-pub struct HandoffArgs {
-    /// The running instance's `--control-socket`: waits until the hand-off is complete.
+pub struct StepDownArgs {
+    /// The running instance's `--control-socket`: waits until the step-down is complete.
     #[arg(long, env = "ENGINE_SHIM_CONTROL_SOCKET", value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
     /// Or the running instance's pid: sends SIGUSR1 and returns at once. Only a positive pid of
     /// a running engine-shim is taken (-1, 0 and process groups are refused, exit code 2).
     #[arg(long, allow_negative_numbers = true)]
     pub pid: Option<i32>,
-    /// How long to wait for the hand-off to complete (the engine's stop included) [default: 60s]
+    /// How long to wait for the step-down to complete (the engine's stop included) [default: 60s]
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 }
 
-impl HandoffArgs {
+impl StepDownArgs {
     /// `--timeout`, or its default.
     pub fn timeout(&self) -> Duration {
-        self.timeout.unwrap_or(defaults::HAND_OFF_TIMEOUT)
+        self.timeout.unwrap_or(defaults::STEP_DOWN_TIMEOUT)
     }
 }
 
@@ -168,7 +170,7 @@ pub struct RunArgs {
     /// 30m) [default: 1s]
     #[arg(long, env = "ENGINE_SHIM_RENEW", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub renew: Option<Duration>,
-    /// After a hand-off (SIGUSR1 or `engine-shim handoff`), ask for no lock for this long, so
+    /// After a step-down (SIGUSR1 or `engine-shim step-down`), ask for no lock for this long, so
     /// another instance takes over (100ms to 24h) [default: 30s]
     #[arg(long, env = "ENGINE_SHIM_STANDBY", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub standby: Option<Duration>,
@@ -176,7 +178,7 @@ pub struct RunArgs {
     /// (off unless given). /health answers 200 while finalized blocks keep arriving.
     #[arg(long, env = "ENGINE_SHIM_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Listen on this Unix socket for `engine-shim handoff` (off unless given).
+    /// Listen on this Unix socket for `engine-shim step-down` (off unless given).
     #[arg(long, env = "ENGINE_SHIM_CONTROL_SOCKET", value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
     /// Without --engine: the engine command and its args. With --engine (or [[engine]] in the config
@@ -426,9 +428,9 @@ mod tests {
         assert_eq!(clap, config);
     }
 
-    /// `check` and `handoff` state their timeouts' defaults the same way.
+    /// `check` and `step-down` state their timeouts' defaults the same way.
     #[test]
-    fn check_and_handoff_help_state_their_timeouts() {
+    fn check_and_step_down_help_state_their_timeouts() {
         let cli = Cli::command();
         let help = |command: &str| {
             cli.find_subcommand(command)
@@ -446,7 +448,7 @@ mod tests {
             humantime::parse_duration(value).unwrap()
         };
         assert_eq!(stated(help("check")), defaults::CHECK_TIMEOUT);
-        assert_eq!(stated(help("handoff")), defaults::HAND_OFF_TIMEOUT);
+        assert_eq!(stated(help("step-down")), defaults::STEP_DOWN_TIMEOUT);
         assert_eq!(config::CHECK_TIMEOUT.default, defaults::CHECK_TIMEOUT);
     }
 

@@ -1,7 +1,7 @@
-//! The control socket: how `engine-shim handoff` reaches a running instance.
+//! The control socket: how `engine-shim step-down` reaches a running instance.
 //!
-//! A line protocol on a Unix socket, so the asking side learns when the hand-off is complete (the
-//! engine reaped and the lock given back), which a bare SIGUSR1 cannot tell it. A hand-off stops
+//! A line protocol on a Unix socket, so the asking side learns when the step-down is complete (the
+//! engine reaped and the lock given back), which a bare SIGUSR1 cannot tell it. A step-down stops
 //! the engine, so the socket is guarded like the power switch it is: mode 0600, only the shim's own
 //! uid or root may ask (checked with the peer's credentials), and every request is bounded in size
 //! and time, so no client can make the shim grow or hold a connection for ever.
@@ -20,18 +20,22 @@ use tracing::{info, warn};
 use crate::accept::AcceptLoop;
 pub use listen::{ListenError, SocketPath};
 
-/// The one request a client can make.
-pub const HANDOFF: &str = "handoff";
+/// The one request a client can make: step down.
+pub const STEP_DOWN: &str = "step-down";
 
-/// The longest request line read; `handoff\n` is 8 bytes.
+/// The same request under its earlier name. It is what `engine-shim step-down` sends, so that it
+/// also reaches instances started before the request had its present name.
+pub const STEP_DOWN_ALIAS: &str = "handoff";
+
+/// The longest request line read; `step-down\n` is 10 bytes.
 pub const MAX_REQUEST: usize = 1024;
 
 /// How long a client has to send its request line.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A hand-off asked for over the socket; the answer goes back through `reply`.
+/// A step-down asked for over the socket; the answer goes back through `reply`.
 #[derive(Debug)]
-pub struct HandOffRequest {
+pub struct StepDownRequest {
     pub reply: oneshot::Sender<String>,
 }
 
@@ -53,7 +57,7 @@ impl Drop for ControlSocket {
 /// the run loop until the returned [`ControlSocket`] is dropped.
 pub async fn serve(
     path: PathBuf,
-    requests: mpsc::Sender<HandOffRequest>,
+    requests: mpsc::Sender<StepDownRequest>,
 ) -> Result<ControlSocket, ListenError> {
     let (listener, owned) = listen::bind(&path)?;
     let io_error = |source| ListenError::Io {
@@ -81,8 +85,8 @@ pub async fn serve(
     Ok(ControlSocket { task, _path: owned })
 }
 
-/// Whether a peer with `peer_uid` may ask an instance running as `own_uid` to hand off.
-pub fn may_hand_off(peer_uid: u32, own_uid: u32) -> bool {
+/// Whether a peer with `peer_uid` may ask an instance running as `own_uid` to step down.
+pub fn may_step_down(peer_uid: u32, own_uid: u32) -> bool {
     peer_uid == own_uid || peer_uid == 0
 }
 
@@ -98,10 +102,10 @@ impl BadRequest {
     fn answer(&self) -> String {
         match self {
             BadRequest::TooLong => format!(
-                "error: request longer than {MAX_REQUEST} bytes; the only request is {HANDOFF:?}"
+                "error: request longer than {MAX_REQUEST} bytes; the only request is {STEP_DOWN:?}"
             ),
             BadRequest::TimedOut => format!(
-                "error: no request line within {}; the only request is {HANDOFF:?}",
+                "error: no request line within {}; the only request is {STEP_DOWN:?}",
                 humantime::format_duration(REQUEST_TIMEOUT)
             ),
             BadRequest::Io(e) => format!("error: {e}"),
@@ -126,7 +130,7 @@ pub async fn read_request(
     }
 }
 
-async fn answer(stream: UnixStream, requests: mpsc::Sender<HandOffRequest>) {
+async fn answer(stream: UnixStream, requests: mpsc::Sender<StepDownRequest>) {
     // The peer's credentials were fixed at connect time; the request is read first all the same,
     // so a refused client that is still writing gets its answer rather than a broken pipe.
     let refusal = refuse_peer(&stream);
@@ -134,9 +138,9 @@ async fn answer(stream: UnixStream, requests: mpsc::Sender<HandOffRequest>) {
     let request = read_request(read, MAX_REQUEST, REQUEST_TIMEOUT).await;
     let reply = match (refusal, request) {
         (Some(refusal), _) => refusal,
-        (None, Ok(line)) if line == HANDOFF => {
+        (None, Ok(line)) if line == STEP_DOWN || line == STEP_DOWN_ALIAS => {
             let (reply, answer) = oneshot::channel();
-            if requests.send(HandOffRequest { reply }).await.is_err() {
+            if requests.send(StepDownRequest { reply }).await.is_err() {
                 "error: the instance is shutting down".to_string()
             } else {
                 answer
@@ -145,7 +149,7 @@ async fn answer(stream: UnixStream, requests: mpsc::Sender<HandOffRequest>) {
             }
         }
         (None, Ok(line)) => format!(
-            "error: unknown request {:?}; the only request is {HANDOFF:?}",
+            "error: unknown request {:?}; the only request is {STEP_DOWN:?}",
             line.chars().take(64).collect::<String>()
         ),
         (None, Err(bad)) => bad.answer(),
@@ -153,11 +157,11 @@ async fn answer(stream: UnixStream, requests: mpsc::Sender<HandOffRequest>) {
     let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
 }
 
-/// The answer for a peer that may not ask for a hand-off (logged), or `None` if it may.
+/// The answer for a peer that may not ask for a step-down (logged), or `None` if it may.
 fn refuse_peer(stream: &UnixStream) -> Option<String> {
     let own = rustix::process::geteuid().as_raw();
     match stream.peer_cred() {
-        Ok(cred) if may_hand_off(cred.uid(), own) => None,
+        Ok(cred) if may_step_down(cred.uid(), own) => None,
         Ok(cred) => {
             let pid = cred.pid().map_or("unknown".to_string(), |p| p.to_string());
             warn!(
@@ -177,8 +181,8 @@ fn refuse_peer(stream: &UnixStream) -> Option<String> {
     }
 }
 
-/// Asks the instance listening on `path` to hand off, and returns its answer once it is done.
-pub async fn request_hand_off(path: &Path, timeout: Duration) -> Result<String, String> {
+/// Asks the instance listening on `path` to step down, and returns its answer once it is done.
+pub async fn request_step_down(path: &Path, timeout: Duration) -> Result<String, String> {
     let work = async {
         let stream = UnixStream::connect(path).await.map_err(|e| {
             format!(
@@ -189,7 +193,7 @@ pub async fn request_hand_off(path: &Path, timeout: Duration) -> Result<String, 
         })?;
         let (read, mut write) = stream.into_split();
         write
-            .write_all(format!("{HANDOFF}\n").as_bytes())
+            .write_all(format!("{STEP_DOWN_ALIAS}\n").as_bytes())
             .await
             .map_err(|e| format!("cannot send the request: {e}"))?;
         let mut answer = String::new();
@@ -216,18 +220,51 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_hand_off_request_gets_the_run_loops_answer() {
+    async fn a_step_down_request_gets_the_run_loops_answer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shim.sock");
         let (tx, mut rx) = mpsc::channel(1);
         let _socket = serve(path.clone(), tx).await.unwrap();
         let client = tokio::spawn({
             let path = path.clone();
-            async move { request_hand_off(&path, Duration::from_secs(30)).await }
+            async move { request_step_down(&path, Duration::from_secs(30)).await }
         });
         let request = rx.recv().await.unwrap();
         request.reply.send("handed off".into()).unwrap();
         assert_eq!(client.await.unwrap(), Ok("handed off".to_string()));
+    }
+
+    /// The request under its present name and under its earlier one; any other word is refused
+    /// with the present name.
+    #[tokio::test]
+    async fn step_down_and_its_earlier_name_are_the_one_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shim.sock");
+        let (tx, mut rx) = mpsc::channel(1);
+        let _socket = serve(path.clone(), tx).await.unwrap();
+        let ask = |word: &'static str| {
+            let path = path.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = UnixStream::connect(&path).await.unwrap().into_split();
+                write
+                    .write_all(format!("{word}\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut answer = String::new();
+                BufReader::new(read).read_line(&mut answer).await.unwrap();
+                answer
+            })
+        };
+        for word in [STEP_DOWN, STEP_DOWN_ALIAS] {
+            let client = ask(word);
+            rx.recv().await.unwrap().reply.send("done".into()).unwrap();
+            assert_eq!(client.await.unwrap(), "done\n", "{word}");
+        }
+        let refused = ask("hand-off").await.unwrap();
+        assert_eq!(
+            refused,
+            "error: unknown request \"hand-off\"; the only request is \"step-down\"\n"
+        );
     }
 
     #[tokio::test]
@@ -250,12 +287,12 @@ mod tests {
     }
 
     #[test]
-    fn only_the_same_uid_or_root_may_hand_off() {
-        assert!(may_hand_off(1000, 1000));
-        assert!(may_hand_off(0, 1000));
-        assert!(may_hand_off(0, 0));
-        assert!(!may_hand_off(65534, 1000));
-        assert!(!may_hand_off(1000, 0));
+    fn only_the_same_uid_or_root_may_step_down() {
+        assert!(may_step_down(1000, 1000));
+        assert!(may_step_down(0, 1000));
+        assert!(may_step_down(0, 0));
+        assert!(!may_step_down(65534, 1000));
+        assert!(!may_step_down(1000, 0));
     }
 
     #[tokio::test]
@@ -277,7 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_instance_is_a_clear_error() {
-        let err = request_hand_off(Path::new("/nonexistent/shim.sock"), Duration::from_secs(5))
+        let err = request_step_down(Path::new("/nonexistent/shim.sock"), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(err.contains("is it running with --control-socket"), "{err}");

@@ -29,7 +29,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(60);
 pub const WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// `--reconnect-max`: cap of the reconnect back-off.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
-/// `--standby`: how long a handed-off instance asks for no lock.
+/// `--standby`: how long an instance that stepped down asks for no lock.
 pub const STANDBY: Duration = Duration::from_secs(30);
 /// The program each engine runs under as its guardian: this very binary, even if an upgrade has
 /// replaced the file on disk since. Only a program that runs the shell in-process (a test) names
@@ -37,8 +37,8 @@ pub const STANDBY: Duration = Duration::from_secs(30);
 pub const GUARDIAN: &str = "/proc/self/exe";
 /// `check --timeout`: how long `check` waits for the node.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-/// `handoff --timeout`: how long `handoff` waits for the hand-off to complete.
-pub const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(60);
+/// `step-down --timeout`: how long `step-down` waits for the step-down to complete.
+pub const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The follower's settings that have no flag. Documented in the README (pings, "250 ms doubling").
 pub mod follower {

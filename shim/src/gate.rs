@@ -15,6 +15,10 @@
 //!   for only to start an engine and given back once no child is alive and none is about to start;
 //!   a grant that comes too late to be used is given back and asked for again;
 //! - a lost lock stops the engine at once and kills it by the lock's fencing deadline;
+//! - nothing is started on a held lock past its renewal deadline, however long after the grant
+//!   the start comes (a hand-over, the end of a lock wait): a process paused past that deadline
+//!   may already have been replaced by another holder. The start waits until a renewal moves the
+//!   deadline on ([`Event::LockUsableUntil`]) or the loss is reported;
 //! - an unknown release (absent, 0.0.0, malformed) changes nothing: the state is kept;
 //! - an engine that exits on its own is not restarted before the release at the node's latest
 //!   finalized head has been read (the gate asks for it with [`Action::CheckHead`]): an engine
@@ -54,13 +58,21 @@ pub enum Event {
         engine: EngineId,
         answer: Result<(BlockRef, SemVer), String>,
     },
-    /// The lock the gate asked for is ours; whether it may still be acted on.
+    /// The lock the gate asked for is ours, and until when it may be acted on.
     LockGranted(Grant),
+    /// The held lock may be acted on until this moment: a lock that must be renewed (PostgreSQL)
+    /// is usable only until its renewal deadline, which every successful renewal moves on. The
+    /// shell states it before every event it feeds, converted afresh to the gate's clock: the
+    /// lock keeps its deadline on the boot-time clock, which (unlike the gate's) counts a host's
+    /// suspend, so a conversion made once could make a passed deadline look ahead. Ignored while
+    /// the lock is not held.
+    LockUsableUntil(Instant),
     /// The lock was lost (not renewed in time, taken, database gone): stop the engine at once;
     /// it must be dead by `kill_by`, after which another holder may be let in.
     LockLost { reason: String, kill_by: Instant },
-    /// The operator asked this instance to hand the work over (SIGUSR1 or `engine-shim handoff`).
-    HandOff,
+    /// The operator asked this instance to step down, so another instance takes the work over
+    /// (SIGUSR1 or `engine-shim step-down`).
+    StepDown,
     /// The shim was asked to stop (SIGTERM / SIGINT, named by `signal`). A second one means
     /// "now": the engine is killed without waiting out its grace period.
     Shutdown { signal: &'static str },
@@ -71,14 +83,25 @@ pub enum Event {
     Tick,
 }
 
-/// Whether a grant of the lock may be acted on when it arrives.
+/// Until when a grant of the lock may be acted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
-    /// The lock is ours and may be used.
-    Usable,
-    /// The lock was ours, but its renew deadline passed before the grant could be used (the
-    /// process was paused): a new holder may already be let in, so nothing may start on it.
-    Expired,
+    /// Until the gate gives it back (a file lock, no lock): it cannot be lost meanwhile.
+    UntilReleased,
+    /// Until this moment unless renewed ([`Event::LockUsableUntil`]): a lock that must be renewed
+    /// (PostgreSQL). Past it a new holder may already be let in, so nothing may start on it; a
+    /// grant that arrives past it (the process was paused) is given back and asked for again.
+    Until(Instant),
+}
+
+impl Grant {
+    /// The renewal deadline, if the lock has one.
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Grant::UntilReleased => None,
+            Grant::Until(until) => Some(until),
+        }
+    }
 }
 
 /// What the shell must do.
@@ -94,9 +117,14 @@ pub enum Action {
     CheckHead { engine: EngineId },
     /// Start acquiring the lock; [`Event::LockGranted`] comes back once it is ours.
     AcquireLock,
-    /// The grant came too late to be used ([`Grant::Expired`]): give it back and ask again; the
-    /// next [`Event::LockGranted`] answers the same wait.
+    /// The grant came too late to be used (past its [`Grant::Until`]): give it back and ask
+    /// again; the next [`Event::LockGranted`] answers the same wait.
     RetryLock,
+    /// A start of `engine` is due, but the held lock is past its renewal deadline: nothing
+    /// starts, and the shell tells the operator. The gate starts it once a renewal moves the
+    /// deadline on ([`Event::LockUsableUntil`]), or asks for the lock again after its loss.
+    /// Said once per wait.
+    HoldStart { engine: EngineId },
     /// Give up a pending acquisition: no grant may follow.
     CancelLock,
     /// Give back the held lock: no child is alive any more.
@@ -106,8 +134,8 @@ pub enum Action {
     Fence { engine: EngineId },
     /// The engine must die now: SIGKILL to its whole tree.
     Kill { engine: EngineId, cause: KillCause },
-    /// A requested hand-off is complete: no engine runs here and the lock is given back.
-    HandedOff,
+    /// A requested step-down is complete: no engine runs here and the lock is given back.
+    SteppedDown,
     /// Tell the operator something; the shell formats and logs it.
     Notify(Notice),
     /// Everything is stopped after a shutdown: the shell may exit.
@@ -127,7 +155,7 @@ pub enum KillCause {
 /// What kind of start an engine's start is, for the operator's line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartKind {
-    /// A start on a release (the first, or after a hand-over, a hand-off or a lock wait).
+    /// A start on a release (the first, or after a hand-over, a step-down or a lock wait).
     Fresh,
     /// A restart after the engine exited while it should run (a crash).
     Restart,
@@ -206,9 +234,9 @@ pub enum Notice {
     Stopped { engine: Covers, status: String },
     /// The lock was lost while an engine ran: it is being stopped at once.
     Fenced { engine: Covers, reason: String },
-    /// A hand-off was asked for; `engine` is the one being stopped, if any.
-    HandingOff { engine: Option<Covers> },
-    /// The stand-by after a hand-off ended; this instance competes for the lock again.
+    /// A step-down was asked for; `engine` is the one being stopped, if any.
+    SteppingDown { engine: Option<Covers> },
+    /// The stand-by after a step-down ended; this instance competes for the lock again.
     StandbyOver,
     /// The operator asked the shim to stop (`signal` names how).
     ShutdownRequested { signal: &'static str },
@@ -223,7 +251,7 @@ pub struct Timing {
     pub wait_log_every: Duration,
     /// How long a child must stay up for its crash back-off to reset.
     pub start_secs: Duration,
-    /// How long to ask for no lock after a hand-off.
+    /// How long to ask for no lock after a step-down.
     pub standby: Duration,
 }
 
@@ -232,7 +260,7 @@ pub struct Timing {
 enum Mode {
     /// Runs the compatible engine, asking for the lock to start it.
     Active,
-    /// Handed off: asks for no lock until `until`, so another instance takes over.
+    /// Stepped down: asks for no lock until `until`, so another instance takes over.
     Standby { until: Instant },
     /// Asked to stop: starts nothing and exits once nothing is alive.
     ShuttingDown,
@@ -244,9 +272,9 @@ enum AfterStop {
     /// Go on with what the release asks for: this is the hand-over point (or, after a fence,
     /// the wait for the lock again).
     Target,
-    /// Complete the requested hand-off: give the lock back and answer. The stand-by may have
+    /// Complete the requested step-down: give the lock back and answer. The stand-by may have
     /// run out meanwhile; then the instance goes on with the target too.
-    HandOff,
+    StepDown,
     /// The shim is shutting down: give everything back and exit.
     Exit,
 }
@@ -317,7 +345,13 @@ enum LockState {
     Acquiring {
         start: StartKind,
     },
-    Held,
+    /// Ours. `usable_until` is the renewal deadline of a lock that must be renewed (`None`: usable
+    /// until given back). `held_back` is a start of that kind that came past the deadline and
+    /// waits for a renewal or the loss; no child is alive then.
+    Held {
+        usable_until: Option<Instant>,
+        held_back: Option<StartKind>,
+    },
 }
 
 /// The release the gate last knew for sure, and the first block that carried it.
@@ -469,8 +503,9 @@ impl Gate {
             } => self.on_child_exited(engine, uptime, status, actions),
             Event::HeadRelease { engine, answer } => self.on_head_release(engine, answer, actions),
             Event::LockGranted(grant) => self.on_lock_granted(grant, actions),
+            Event::LockUsableUntil(until) => self.on_lock_usable_until(until, actions),
             Event::LockLost { reason, kill_by } => self.on_lock_lost(reason, kill_by, actions),
-            Event::HandOff => self.on_hand_off(now, actions),
+            Event::StepDown => self.on_step_down(now, actions),
             Event::Shutdown { signal } => self.on_shutdown(signal, actions),
             Event::EngineReplaced { engine, covers } => {
                 self.on_engine_replaced(engine, covers, actions)
@@ -707,7 +742,31 @@ impl Gate {
         actions: &mut Vec<Action>,
     ) {
         match (self.lock, self.mode) {
-            (LockState::Held, _) => {}
+            (
+                LockState::Held {
+                    usable_until,
+                    held_back,
+                },
+                _,
+            ) => {
+                if usable_until.is_some_and(|until| self.now() >= until) {
+                    // The lock may be gone already (this process was paused past its renewal
+                    // deadline, and the loss is not reported yet): a start now could overlap a
+                    // new holder. Wait for the renewal or the loss.
+                    if held_back.is_none() {
+                        actions.push(Action::HoldStart { engine });
+                    }
+                    self.lock = LockState::Held {
+                        usable_until,
+                        held_back: Some(kind),
+                    };
+                    return;
+                }
+                self.lock = LockState::Held {
+                    usable_until,
+                    held_back: None,
+                };
+            }
             (LockState::Acquiring { .. }, _) => return,
             (LockState::Free, Mode::Standby { .. } | Mode::ShuttingDown) => return,
             (LockState::Free, Mode::Active) => {
@@ -747,7 +806,7 @@ impl Gate {
     /// Nothing is alive and nothing is about to start: hold no lock.
     fn give_back_lock(&mut self, actions: &mut Vec<Action>) {
         match self.lock {
-            LockState::Held => actions.push(Action::ReleaseLock),
+            LockState::Held { .. } => actions.push(Action::ReleaseLock),
             LockState::Acquiring { .. } => actions.push(Action::CancelLock),
             LockState::Free => return,
         }
@@ -760,18 +819,53 @@ impl Gate {
             actions.push(Action::ReleaseLock);
             return;
         };
-        if grant == Grant::Expired {
+        let usable_until = grant.deadline();
+        if usable_until.is_some_and(|until| self.now() >= until) {
             // Starting an engine on it could overlap a new holder: still acquiring.
             actions.push(Action::RetryLock);
             return;
         }
-        self.lock = LockState::Held;
+        self.lock = LockState::Held {
+            usable_until,
+            held_back: None,
+        };
         match (self.job, self.known) {
             (Job::Idle, Some(known)) if self.mode == Mode::Active => match known.target {
                 Some(engine) => self.start(engine, known, start, actions),
                 None => self.give_back_lock(actions),
             },
             _ => self.give_back_lock(actions),
+        }
+    }
+
+    /// A renewal moved the held lock's deadline (or the shell stated it again): a start held back
+    /// for it goes ahead once the lock is usable again.
+    fn on_lock_usable_until(&mut self, until: Instant, actions: &mut Vec<Action>) {
+        let LockState::Held { held_back, .. } = self.lock else {
+            // Not ours (any more): nothing to move.
+            return;
+        };
+        self.lock = LockState::Held {
+            usable_until: Some(until),
+            held_back,
+        };
+        if let Some(kind) = held_back {
+            if self.now() < until {
+                self.start_held_back(kind, actions);
+            }
+        }
+    }
+
+    /// Starts what was held back for the lock (now usable, or to be asked for again), if it is
+    /// still what the release asks for.
+    fn start_held_back(&mut self, kind: StartKind, actions: &mut Vec<Action>) {
+        if self.job != Job::Idle || self.mode != Mode::Active {
+            return;
+        }
+        let Some(known) = self.known else { return };
+        match known.target {
+            Some(engine) => self.start(engine, known, kind, actions),
+            None => self.give_back_lock(actions),
         }
     }
 
@@ -816,9 +910,9 @@ impl Gate {
                         self.give_back_lock(actions);
                         actions.push(Action::Exit);
                     }
-                    AfterStop::HandOff => {
+                    AfterStop::StepDown => {
                         self.give_back_lock(actions);
-                        actions.push(Action::HandedOff);
+                        actions.push(Action::SteppedDown);
                         if self.mode == Mode::Active {
                             // The stand-by ran out while the engine was still stopping.
                             self.start_or_wait(News::EngineLeft, actions);
@@ -970,12 +1064,17 @@ impl Gate {
     }
 
     fn on_lock_lost(&mut self, reason: String, kill_by: Instant, actions: &mut Vec<Action>) {
-        if self.lock != LockState::Held {
+        let LockState::Held { held_back, .. } = self.lock else {
             // A loss that belongs to an earlier grant (see the lock module): nothing to act on.
             return;
-        }
+        };
         // Lost means not ours any more: there is nothing to give back.
         self.lock = LockState::Free;
+        if let Some(kind) = held_back {
+            // The start held back for it now waits for the lock again.
+            self.start_held_back(kind, actions);
+            return;
+        }
         let (engine, then, kill_at) = match self.job {
             Job::Running(engine) => (engine, AfterStop::Target, kill_by),
             Job::Stopping {
@@ -1003,11 +1102,11 @@ impl Gate {
 
     /// Stop the engine, give the lock back and stand by, so another instance takes over. A
     /// request during a stand-by starts the stand-by afresh.
-    fn on_hand_off(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    fn on_step_down(&mut self, now: Instant, actions: &mut Vec<Action>) {
         if self.mode == Mode::ShuttingDown {
             return;
         }
-        actions.push(Action::Notify(Notice::HandingOff {
+        actions.push(Action::Notify(Notice::SteppingDown {
             engine: self.alive().map(|engine| self.engines[engine].clone()),
         }));
         self.mode = Mode::Standby {
@@ -1016,14 +1115,14 @@ impl Gate {
         match self.job {
             Job::Running(engine) => {
                 actions.push(Action::Stop { engine });
-                self.job = Job::stopping(engine, AfterStop::HandOff);
+                self.job = Job::stopping(engine, AfterStop::StepDown);
             }
             Job::Stopping {
                 engine, kill_at, ..
             } => {
                 self.job = Job::Stopping {
                     engine,
-                    then: AfterStop::HandOff,
+                    then: AfterStop::StepDown,
                     kill_at,
                 }
             }
@@ -1034,7 +1133,7 @@ impl Gate {
             | Job::Retired(_) => {
                 self.job = Job::Idle;
                 self.give_back_lock(actions);
-                actions.push(Action::HandedOff);
+                actions.push(Action::SteppedDown);
             }
         }
     }

@@ -7,7 +7,7 @@
 //! # Public API
 //! Small on purpose; everything else is crate-private so it can change freely.
 //! - [`run::run`]`(config, requests)`: the `run` shell. It takes a plain [`config::RunConfig`] and
-//!   a channel of [`run::Request`]s (shutdown, hand-off, reload); the binary installs the OS
+//!   a channel of [`run::Request`]s (shutdown, step-down, reload); the binary installs the OS
 //!   signal handlers and turns signals into requests, so a test can run the shell in-process.
 //! - [`check::run`]`(request)`: the `check` answer for a plain [`check::CheckRequest`].
 //! - [`config`]: the settings as clap-free layers ([`config::Overrides`] over the config file
@@ -17,8 +17,7 @@
 //!   and the benchmarks).
 //! - [`block`], [`version`], [`storage_key`], and the Chainflip log lines in [`telemetry`]: the
 //!   vocabulary fake-node shares with the shim.
-//! - [`lock`]: public for now (the PostgreSQL lock is being reshaped); nothing outside uses it.
-//! - [`guardian_main`], [`request_hand_off`], [`send_hand_off`]: what the binary becomes or calls
+//! - [`guardian_main`], [`request_step_down`], [`send_step_down`]: what the binary becomes or calls
 //!   besides the shells.
 //!
 //! # Layers
@@ -43,14 +42,14 @@ pub(crate) mod elf;
 pub mod follower;
 pub(crate) mod gate;
 pub(crate) mod guardian;
-pub(crate) mod handoff_pid;
 pub(crate) mod head;
-pub mod lock;
+pub(crate) mod lock;
 pub(crate) mod metrics;
 pub(crate) mod preflight;
 pub(crate) mod probe;
 pub(crate) mod rpc;
 pub mod run;
+pub(crate) mod step_down_pid;
 pub mod storage_key;
 pub(crate) mod supervisor;
 pub mod telemetry;
@@ -58,10 +57,10 @@ pub mod version;
 pub(crate) mod watch;
 
 // What the binary needs beyond the public modules: the guardian it becomes when the supervisor
-// starts it, and the two ways `engine-shim handoff` reaches a running instance.
-pub use control::request_hand_off;
+// starts it, and the two ways `engine-shim step-down` reaches a running instance.
+pub use control::request_step_down;
 pub use guardian::{main as guardian_main, SUBCOMMAND as GUARDIAN_SUBCOMMAND};
-pub use handoff_pid::{send_hand_off, HandOffPidError};
+pub use step_down_pid::{send_step_down, StepDownPidError};
 
 #[cfg(test)]
 mod layers;

@@ -85,10 +85,12 @@ pub use fence::BootInstant;
 use file::{LockFile, TryLock};
 pub use holder::HolderInfo;
 pub use pg_config::{
-    LockMode, Password, PgLockConfig, PgOptions, DEFAULT_LEASE, DEFAULT_LOCK_NAME, DEFAULT_RENEW,
-    PASSWORD_ENV, PASSWORD_FILE_ENV,
+    LockMode, Password, PgOptions, DEFAULT_LEASE, DEFAULT_LOCK_NAME, DEFAULT_RENEW, PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
 };
-pub use spec::{LockSpec, LockSpecError, CONFIG_ROOT_ENV, DEFAULT_CONFIG_ROOT, LOCK_FILE_NAME};
+#[cfg(test)]
+use spec::LOCK_FILE_NAME;
+pub use spec::{LockSpec, LockSpecError, CONFIG_ROOT_ENV};
 
 /// What became of an acquisition, in the order it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,18 @@ pub enum LockEvent {
     Failed { error: String },
 }
 
+/// Until when a [`Lock`] may be acted on ([`Lock::usability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usability {
+    /// Not held: never granted, given back, or lost.
+    NotHeld,
+    /// Held until given back (a file lock, or no lock): it cannot be lost meanwhile.
+    UntilReleased,
+    /// Held, and usable until this renewal deadline (a database lock), which every successful
+    /// renewal moves on. Past it the lock must not be acted on, even before its loss is reported.
+    Until(BootInstant),
+}
+
 /// One process's handle on its lock. Not `Clone`: exactly one owner decides when to give it back.
 ///
 /// Dropping a `Lock` gives up a pending acquisition and releases a held lock.
@@ -120,16 +134,17 @@ pub struct Lock {
     spec: LockSpec,
     /// Shared with the thread blocked in `flock` or the PostgreSQL worker, which complete an
     /// acquisition (and report a loss) under this mutex.
-    phase: Arc<Mutex<Phase>>,
+    phase: Arc<Mutex<Claim>>,
     /// Numbers acquisitions, so a worker never grants an older one's request to a newer one.
     serial: u64,
     /// The PostgreSQL worker, started by the first acquisition.
     worker: Option<postgres::Worker>,
 }
 
-/// Where one `Lock` stands. Only the waiting thread (or the worker) moves it out of `Waiting`.
+/// What one `Lock` claims: nothing, the lock once it is got (`Waiting`), or the lock itself.
+/// Only the waiting thread (or the worker) moves it out of `Waiting`.
 #[derive(Debug)]
-enum Phase {
+enum Claim {
     Idle,
     /// A thread is blocked in `flock` (or the worker polls the database) for this `Lock`. `want`
     /// is whom the lock goes to when it is got; `None` once cancelled, and then it is given back
@@ -139,6 +154,9 @@ enum Phase {
     },
     Held(Holding),
 }
+
+/// [`Claim`] under the name the PostgreSQL worker (`postgres.rs`) uses for it.
+type Phase = Claim;
 
 /// The acquisition currently asked for: its holder information and where its outcome goes.
 #[derive(Debug)]
@@ -168,7 +186,7 @@ impl Lock {
     pub fn new(spec: LockSpec) -> Self {
         Lock {
             spec,
-            phase: Arc::new(Mutex::new(Phase::Idle)),
+            phase: Arc::new(Mutex::new(Claim::Idle)),
             serial: 0,
             worker: None,
         }
@@ -190,8 +208,8 @@ impl Lock {
         let serial = self.serial;
         let mut phase = lock(&self.phase);
         match &mut *phase {
-            Phase::Held(_) | Phase::Waiting { want: Some(_) } => return,
-            Phase::Waiting { want } => {
+            Claim::Held(_) | Claim::Waiting { want: Some(_) } => return,
+            Claim::Waiting { want } => {
                 // A cancelled attempt's thread is still blocked in flock: it now works for this
                 // one. (The PostgreSQL worker reports on its next attempt.)
                 let holder = match &self.spec {
@@ -203,9 +221,9 @@ impl Lock {
                 }
                 *want = Some(Want { me, events, serial });
             }
-            Phase::Idle => match &self.spec {
+            Claim::Idle => match &self.spec {
                 LockSpec::Postgres(_) => {
-                    *phase = Phase::Waiting {
+                    *phase = Claim::Waiting {
                         want: Some(Want { me, events, serial }),
                     }
                 }
@@ -219,10 +237,10 @@ impl Lock {
                     Ok(worker) => self.worker = Some(worker),
                     Err(error) => {
                         let mut phase = lock(&self.phase);
-                        if let Phase::Waiting { want: Some(want) } = &*phase {
+                        if let Claim::Waiting { want: Some(want) } = &*phase {
                             let _ = want.events.send(LockEvent::Failed { error });
                         }
-                        *phase = Phase::Idle;
+                        *phase = Claim::Idle;
                         return;
                     }
                 }
@@ -237,7 +255,7 @@ impl Lock {
     /// later it is given back at once. A no-op when idle, and when already held (the grant was
     /// sent before: see the module docs).
     pub fn cancel(&mut self) {
-        if let Phase::Waiting { want } = &mut *lock(&self.phase) {
+        if let Claim::Waiting { want } = &mut *lock(&self.phase) {
             *want = None;
             if let Some(worker) = &self.worker {
                 worker.unsettle();
@@ -252,13 +270,13 @@ impl Lock {
     /// the database's now, the advisory lock unlocked); [`Lock::settle`] waits for that.
     pub fn release(&mut self) {
         let mut phase = lock(&self.phase);
-        match std::mem::replace(&mut *phase, Phase::Idle) {
-            Phase::Held(Holding::Database { .. }) => {
+        match std::mem::replace(&mut *phase, Claim::Idle) {
+            Claim::Held(Holding::Database { .. }) => {
                 if let Some(worker) = &self.worker {
                     worker.unsettle();
                 }
             }
-            Phase::Held(holding) => give_back(holding),
+            Claim::Held(holding) => give_back(holding),
             other => *phase = other,
         }
     }
@@ -277,28 +295,28 @@ impl Lock {
         }
     }
 
-    /// Whether a held lock may still be acted on now: false when not held, or when a database
-    /// lock's renew deadline has passed (after a pause the `Granted` in the channel may be stale
-    /// before the worker has had a chance to report the loss).
-    pub fn usable(&self) -> bool {
+    /// Until when the lock may be acted on, as of now. The run loop tells the gate, which starts
+    /// nothing on a lock past its deadline: after a pause the worker may not have reported the
+    /// loss yet (a `Granted` in the channel may be stale too), while the database may already
+    /// have let another holder in.
+    pub fn usability(&self) -> Usability {
         match &*lock(&self.phase) {
-            Phase::Held(Holding::Database { usable_until, .. }) => {
-                BootInstant::now() < *usable_until
-            }
-            Phase::Held(_) => true,
-            Phase::Idle | Phase::Waiting { .. } => false,
+            Claim::Held(Holding::Database { usable_until, .. }) => Usability::Until(*usable_until),
+            Claim::Held(_) => Usability::UntilReleased,
+            Claim::Idle | Claim::Waiting { .. } => Usability::NotHeld,
         }
     }
 
+    #[cfg(test)]
     pub fn is_held(&self) -> bool {
-        matches!(*lock(&self.phase), Phase::Held(_))
+        matches!(*lock(&self.phase), Claim::Held(_))
     }
 
     /// The held flock, for the engine about to be started to inherit (see the module docs).
     /// `None` when nothing is held or there is nothing to inherit ([`LockSpec::None`]).
     pub fn inheritable(&self) -> Option<InheritedLock> {
         match &*lock(&self.phase) {
-            Phase::Held(Holding::File(file)) => Some(InheritedLock {
+            Claim::Held(Holding::File(file)) => Some(InheritedLock {
                 fds: file.raw_fds(),
             }),
             _ => None,
@@ -351,7 +369,7 @@ impl Lock {
         if let Some(worker) = self.worker.take() {
             worker.abandon().await;
         }
-        *lock(&self.phase) = Phase::Idle;
+        *lock(&self.phase) = Claim::Idle;
     }
 }
 
@@ -361,12 +379,12 @@ fn begin(
     me: HolderInfo,
     events: UnboundedSender<LockEvent>,
     serial: u64,
-    shared: &Arc<Mutex<Phase>>,
-) -> Phase {
+    shared: &Arc<Mutex<Claim>>,
+) -> Claim {
     let path = match spec {
         LockSpec::None => {
             let _ = events.send(LockEvent::Granted { epoch: None });
-            return Phase::Held(Holding::Nothing);
+            return Claim::Held(Holding::Nothing);
         }
         LockSpec::File(path) => path,
         LockSpec::Postgres(_) => unreachable!("the PostgreSQL worker acquires database locks"),
@@ -375,12 +393,12 @@ fn begin(
         Ok(TryLock::Got(file)) => {
             write_holder(&file, &me);
             let _ = events.send(LockEvent::Granted { epoch: None });
-            return Phase::Held(Holding::File(file));
+            return Claim::Held(Holding::File(file));
         }
         Ok(TryLock::Busy(file)) => file,
         Err(error) => {
             let _ = events.send(LockEvent::Failed { error });
-            return Phase::Idle;
+            return Claim::Idle;
         }
     };
     let _ = events.send(LockEvent::Waiting {
@@ -394,24 +412,24 @@ fn begin(
         .name("engine-shim-lock".into())
         .spawn(move || wait_for(file, &shared));
     match spawned {
-        Ok(_) => Phase::Waiting {
+        Ok(_) => Claim::Waiting {
             want: Some(Want { me, events, serial }),
         },
         Err(err) => {
             let _ = events.send(LockEvent::Failed {
                 error: format!("cannot start a thread to wait for the lock: {err}"),
             });
-            Phase::Idle
+            Claim::Idle
         }
     }
 }
 
 /// The waiting thread: blocks until the flock is ours, then hands it to whoever wants it now.
-fn wait_for(file: LockFile, phase: &Mutex<Phase>) {
+fn wait_for(file: LockFile, phase: &Mutex<Claim>) {
     let outcome = file.lock();
     let mut phase = lock(phase);
     let want = match &mut *phase {
-        Phase::Waiting { want } => want.take(),
+        Claim::Waiting { want } => want.take(),
         // Only this thread leaves `Waiting`; anything else would be a bug, and then doing nothing
         // (dropping the flock) is the safe way out.
         _ => return,
@@ -419,19 +437,19 @@ fn wait_for(file: LockFile, phase: &Mutex<Phase>) {
     match (outcome, want) {
         (Ok(file), Some(want)) => {
             write_holder(&file, &want.me);
-            *phase = Phase::Held(Holding::File(file));
+            *phase = Claim::Held(Holding::File(file));
             let _ = want.events.send(LockEvent::Granted { epoch: None });
         }
         (Ok(file), None) => {
-            *phase = Phase::Idle;
+            *phase = Claim::Idle;
             tracing::debug!(path = %file.path().display(), "lock got after its acquisition was cancelled; unlocked");
             drop(file);
         }
         (Err(error), Some(want)) => {
-            *phase = Phase::Idle;
+            *phase = Claim::Idle;
             let _ = want.events.send(LockEvent::Failed { error });
         }
-        (Err(_), None) => *phase = Phase::Idle,
+        (Err(_), None) => *phase = Claim::Idle,
     }
 }
 
@@ -459,6 +477,6 @@ fn give_back(holding: Holding) {
 }
 
 /// The mutex only guards plain state changes, so a panic elsewhere leaves it consistent.
-fn lock(phase: &Mutex<Phase>) -> MutexGuard<'_, Phase> {
+fn lock(phase: &Mutex<Claim>) -> MutexGuard<'_, Claim> {
     phase.lock().unwrap_or_else(PoisonError::into_inner)
 }

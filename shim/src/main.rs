@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use engine_shim::cli::{Cli, Command, HandoffArgs};
+use engine_shim::cli::{Cli, Command, StepDownArgs};
 use engine_shim::config::Overrides;
 use engine_shim::run::{Request, Requests};
 use engine_shim::{check, run, telemetry};
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Handoff(args) => runtime.block_on(hand_off(args)),
+        Command::StepDown(args) => runtime.block_on(step_down(args)),
         Command::Check(args) => {
             let _logs = telemetry::init(args.chain.log_format, true);
             ExitCode::from(runtime.block_on(check::run(args.request())))
@@ -74,17 +74,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// `engine-shim handoff`: through the control socket (and wait for the answer), or by SIGUSR1.
+/// `engine-shim step-down`: through the control socket (and wait for the answer), or by SIGUSR1.
 /// Exit codes: 0 done, 1 failed, 2 the pid names no engine-shim.
-async fn hand_off(args: HandoffArgs) -> ExitCode {
-    use engine_shim::{send_hand_off, HandOffPidError};
+async fn step_down(args: StepDownArgs) -> ExitCode {
+    use engine_shim::{send_step_down, StepDownPidError};
     let result = match (&args.control_socket, args.pid) {
-        (Some(path), _) => engine_shim::request_hand_off(path, args.timeout())
+        (Some(path), _) => engine_shim::request_step_down(path, args.timeout())
             .await
             .map_err(|e| (ExitCode::FAILURE, e)),
-        (None, Some(pid)) => send_hand_off(pid).map_err(|e| match e {
-            HandOffPidError::Refused(e) => (ExitCode::from(2), e),
-            HandOffPidError::Failed(e) => (ExitCode::FAILURE, e),
+        (None, Some(pid)) => send_step_down(pid).map_err(|e| match e {
+            StepDownPidError::Refused(e) => (ExitCode::from(2), e),
+            StepDownPidError::Failed(e) => (ExitCode::FAILURE, e),
         }),
         (None, None) => unreachable!("clap requires --control-socket or --pid"),
     };
@@ -115,7 +115,7 @@ fn forward_signals() -> anyhow::Result<Requests> {
             let request = tokio::select! {
                 _ = sigterm.recv() => Request::Shutdown { signal: "SIGTERM" },
                 _ = sigint.recv() => Request::Shutdown { signal: "SIGINT" },
-                _ = sigusr1.recv() => Request::HandOff { signal: "SIGUSR1" },
+                _ = sigusr1.recv() => Request::StepDown { signal: "SIGUSR1" },
                 _ = sighup.recv() => Request::Reload,
             };
             if requests.send(request).is_err() {

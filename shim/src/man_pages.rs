@@ -48,8 +48,8 @@ mod tests {
             names,
             [
                 "engine-shim-check.1",
-                "engine-shim-handoff.1",
                 "engine-shim-run.1",
+                "engine-shim-step-down.1",
                 "engine-shim.1"
             ]
         );

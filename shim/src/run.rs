@@ -1,7 +1,7 @@
 //! `engine-shim run`: the async shell around the gate.
 //!
 //! It feeds the gate events (the follower's blocks, child exits, lock news, the node's answers,
-//! signals and hand-off requests), each with the moment it is handled, and carries out the gate's
+//! signals and step-down requests), each with the moment it is handled, and carries out the gate's
 //! actions on real processes. All decisions stay in the gate, and so does time: the loop's only
 //! timer is a sleep until the gate's next deadline, which then feeds it `Event::Tick`.
 
@@ -16,13 +16,13 @@ use tracing::{error, info, warn};
 
 use crate::block::BlockRef;
 use crate::config::{validate_engines, Reload, RunConfig};
-use crate::control::{self, HandOffRequest};
+use crate::control::{self, StepDownRequest};
 use crate::covers::Covers;
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
 use crate::gate::{Action, EngineId, Event, Gate, Grant, KillCause, Timing};
 use crate::lock::{
-    HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions, PASSWORD_ENV,
-    PASSWORD_FILE_ENV,
+    BootInstant, HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions,
+    Usability, PASSWORD_ENV, PASSWORD_FILE_ENV,
 };
 use crate::metrics::{self, Metrics};
 use crate::probe::discover;
@@ -48,8 +48,8 @@ pub enum Request {
     /// Stop the engine, give the lock back and exit 0; a second one kills the engine at once.
     /// `signal` names the cause in the log (`SIGTERM`).
     Shutdown { signal: &'static str },
-    /// Stop the engine, give the lock back and stand by (as `engine-shim handoff`).
-    HandOff { signal: &'static str },
+    /// Stop the engine, give the lock back and stand by (as `engine-shim step-down`).
+    StepDown { signal: &'static str },
     /// Re-read the config file and probe every engine again.
     Reload,
 }
@@ -333,11 +333,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// What the shell is connected to beyond its own channels: the node for one-off questions, the
-/// lock, hand-off requests, metrics, the engine watcher and how to re-read the settings.
+/// lock, step-down requests, metrics, the engine watcher and how to re-read the settings.
 struct Outside {
     head: HeadCheck,
     lock: Lock,
-    control_rx: mpsc::Receiver<HandOffRequest>,
+    control_rx: mpsc::Receiver<StepDownRequest>,
     metrics: Arc<Metrics>,
     replaced_rx: mpsc::UnboundedReceiver<Replaced>,
     /// Asks the watcher to re-probe every engine now, with a new list after a reload.
@@ -360,12 +360,12 @@ struct Shell {
     lock_rx: mpsc::UnboundedReceiver<LockEvent>,
     /// The epoch of the lock held now (lease locks), handed to the engine for fencing downstream.
     lock_epoch: Option<u64>,
-    /// How long the instance stands by after a hand-off (the gate keeps the time; this is for
+    /// How long the instance stands by after a step-down (the gate keeps the time; this is for
     /// the answer to the operator).
     standby: Duration,
-    control_rx: mpsc::Receiver<HandOffRequest>,
-    /// `engine-shim handoff` clients waiting for the hand-off to complete.
-    hand_off_waiters: Vec<oneshot::Sender<String>>,
+    control_rx: mpsc::Receiver<StepDownRequest>,
+    /// `engine-shim step-down` clients waiting for the step-down to complete.
+    step_down_waiters: Vec<oneshot::Sender<String>>,
     metrics: Arc<Metrics>,
     /// Where to read the release at the finalized head; answers come back on `heads_rx`.
     head: HeadCheck,
@@ -414,7 +414,7 @@ impl Shell {
             lock_epoch: None,
             standby,
             control_rx,
-            hand_off_waiters: Vec::new(),
+            step_down_waiters: Vec::new(),
             metrics,
             head,
             heads_tx,
@@ -476,8 +476,8 @@ impl Shell {
                 },
                 Some(request) = self.control_rx.recv() => {
                     info!("hand-off requested on the control socket");
-                    self.hand_off_waiters.push(request.reply);
-                    Event::HandOff
+                    self.step_down_waiters.push(request.reply);
+                    Event::StepDown
                 }
                 Some(replaced) = self.replaced_rx.recv() => match self.on_replaced(replaced) {
                     Some(event) => event,
@@ -506,9 +506,9 @@ impl Shell {
     fn on_request(&mut self, request: Request) -> Option<Event> {
         match request {
             Request::Shutdown { signal } => Some(Event::Shutdown { signal }),
-            Request::HandOff { signal } => {
+            Request::StepDown { signal } => {
                 info!("{signal} received: handing off");
-                Some(Event::HandOff)
+                Some(Event::StepDown)
             }
             Request::Reload => {
                 self.on_sighup();
@@ -612,11 +612,6 @@ impl Shell {
     /// (no engine runs then: the gate only starts one after a grant).
     fn on_lock_event(&mut self, event: LockEvent) -> anyhow::Result<Option<Event>> {
         let spec = self.lock.spec().clone();
-        if matches!(event, LockEvent::Granted { .. }) && !self.lock.usable() {
-            // Its renew deadline passed before the grant could be used (a pause): the gate
-            // decides what that means.
-            return Ok(Some(Event::LockGranted(Grant::Expired)));
-        }
         match event {
             LockEvent::Waiting {
                 holder: Some(holder),
@@ -629,17 +624,27 @@ impl Shell {
                 info!(lock = %spec, "waiting for the lock {spec} (holder unknown)");
                 Ok(None)
             }
-            LockEvent::Granted { epoch: None } => {
-                info!(lock = %spec, "acquired the lock {spec}");
-                self.lock_epoch = None;
-                self.metrics.lock(true, None);
-                Ok(Some(Event::LockGranted(Grant::Usable)))
-            }
-            LockEvent::Granted { epoch: Some(epoch) } => {
-                info!(lock = %spec, lock_epoch = epoch, "acquired the lock {spec} (epoch {epoch})");
-                self.lock_epoch = Some(epoch);
-                self.metrics.lock(true, Some(epoch));
-                Ok(Some(Event::LockGranted(Grant::Usable)))
+            LockEvent::Granted { epoch } => {
+                let now = Instant::now();
+                let grant = match self.lock.usability() {
+                    Usability::UntilReleased => Grant::UntilReleased,
+                    Usability::Until(deadline) => Grant::Until(on_gate_clock(deadline, now)),
+                    // Lost before the grant was read (the loss follows): too late to use.
+                    Usability::NotHeld => Grant::Until(now),
+                };
+                if grant == Grant::Until(now) {
+                    // Past its renewal deadline already (a pause): the gate gives it back and
+                    // asks again, and the shell says so then.
+                    return Ok(Some(Event::LockGranted(grant)));
+                }
+                match epoch {
+                    None => info!(lock = %spec, "acquired the lock {spec}"),
+                    Some(epoch) => info!(lock = %spec, lock_epoch = epoch,
+                        "acquired the lock {spec} (epoch {epoch})"),
+                }
+                self.lock_epoch = epoch;
+                self.metrics.lock(true, epoch);
+                Ok(Some(Event::LockGranted(grant)))
             }
             LockEvent::Lost { reason, kill_by } => {
                 // The engine must be dead by `kill_by` (on the boot-time clock): the gate fences
@@ -670,7 +675,16 @@ impl Shell {
     fn handle(&mut self, event: Event) -> bool {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
-            for action in self.gate.step(Instant::now(), event) {
+            let now = Instant::now();
+            let mut actions = match self.lock.usability() {
+                // Stated before every event, converted afresh: see `Event::LockUsableUntil`.
+                Usability::Until(deadline) => self
+                    .gate
+                    .step(now, Event::LockUsableUntil(on_gate_clock(deadline, now))),
+                Usability::UntilReleased | Usability::NotHeld => Vec::new(),
+            };
+            actions.extend(self.gate.step(now, event));
+            for action in actions {
                 match action {
                     Action::Start { engine, block } => {
                         if let Err(failed) = self.start(engine, block) {
@@ -693,20 +707,26 @@ impl Shell {
                         (Some(child), KillCause::SecondSignal) => child.kill_now(),
                         (None, _) => {}
                     },
+                    Action::HoldStart { engine } => {
+                        let spec = self.lock.spec();
+                        let covers = &self.engines[engine].covers;
+                        warn!(lock = %spec, engine_version = %covers.newest(),
+                            "engine {covers}: not started: the lock {spec} is past its renewal deadline (was this process paused?); starting it once the lock is renewed, or asking for the lock again once its loss is reported");
+                    }
                     Action::RetryLock => {
                         let spec = self.lock.spec();
                         warn!(lock = %spec, "the lock {spec} was granted, but its renewal deadline passed before it could be used (was this process paused?); asking again");
                         self.lock.release();
                         self.acquire_lock();
                     }
-                    Action::HandedOff => {
+                    Action::SteppedDown => {
                         let answer = format!(
                             "handed off: no engine runs here and the lock is given back; standing by for {}",
                             humantime::format_duration(self.standby)
                         );
                         info!("{answer}");
                         self.metrics.handed_off();
-                        for waiter in self.hand_off_waiters.drain(..) {
+                        for waiter in self.step_down_waiters.drain(..) {
                             let _ = waiter.send(answer.clone());
                         }
                     }
@@ -774,6 +794,13 @@ impl Shell {
             }),
         }
     }
+}
+
+/// The lock's renewal deadline (on the boot-time clock) as a moment on the gate's clock, from
+/// `now`: as far ahead as it is now, and `now` itself once it has passed. Converted afresh for
+/// every use, since the two clocks drift apart by the length of every suspend of the host.
+fn on_gate_clock(deadline: BootInstant, now: Instant) -> Instant {
+    now + deadline.remaining()
 }
 
 /// Sleeps until the gate's next deadline; forever while it has none.

@@ -279,36 +279,36 @@ struct Supervised {
 /// Where a child is on its way out. It only moves forward: running, then terminating (SIGTERM
 /// sent, SIGKILL due), then killed. Transitions are pure and return the signal to send, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+enum StopProgress {
     Running,
     Terminating { kill_at: tokio::time::Instant },
     Killed { after_grace: bool },
 }
 
-impl Phase {
+impl StopProgress {
     /// A stop request: SIGTERM the first time; a repeat can only bring the SIGKILL forward.
     fn stop(&mut self, now: tokio::time::Instant, grace: Duration) -> Option<Signal> {
         let due = now + grace;
         match *self {
-            Phase::Running => {
-                *self = Phase::Terminating { kill_at: due };
+            StopProgress::Running => {
+                *self = StopProgress::Terminating { kill_at: due };
                 Some(Signal::TERM)
             }
-            Phase::Terminating { kill_at } => {
-                *self = Phase::Terminating {
+            StopProgress::Terminating { kill_at } => {
+                *self = StopProgress::Terminating {
                     kill_at: kill_at.min(due),
                 };
                 None
             }
-            Phase::Killed { .. } => None,
+            StopProgress::Killed { .. } => None,
         }
     }
 
     fn kill_now(&mut self) -> Option<Signal> {
         match *self {
-            Phase::Killed { .. } => None,
+            StopProgress::Killed { .. } => None,
             _ => {
-                *self = Phase::Killed { after_grace: false };
+                *self = StopProgress::Killed { after_grace: false };
                 Some(Signal::KILL)
             }
         }
@@ -316,8 +316,8 @@ impl Phase {
 
     fn grace_elapsed(&mut self) -> Option<Signal> {
         match *self {
-            Phase::Terminating { .. } => {
-                *self = Phase::Killed { after_grace: true };
+            StopProgress::Terminating { .. } => {
+                *self = StopProgress::Killed { after_grace: true };
                 Some(Signal::KILL)
             }
             _ => None,
@@ -326,7 +326,7 @@ impl Phase {
 
     fn kill_at(self) -> Option<tokio::time::Instant> {
         match self {
-            Phase::Terminating { kill_at } => Some(kill_at),
+            StopProgress::Terminating { kill_at } => Some(kill_at),
             _ => None,
         }
     }
@@ -334,10 +334,10 @@ impl Phase {
 
 impl Supervised {
     async fn run(mut self) -> ChildExit {
-        let mut phase = Phase::Running;
+        let mut stop = StopProgress::Running;
         let mut control_open = true;
         let status = loop {
-            let kill_at = phase.kill_at();
+            let kill_at = stop.kill_at();
             tokio::select! {
                 // `Child::wait` is cancel-safe, so losing a race to a control message is harmless.
                 status = self.child.wait() => break self.reaped(status).await,
@@ -345,7 +345,7 @@ impl Supervised {
                     // Every handle is gone; the child keeps running and is still reported.
                     None => control_open = false,
                     Some(Control::Stop { grace }) => {
-                        if let Some(signal) = phase.stop(tokio::time::Instant::now(), grace) {
+                        if let Some(signal) = stop.stop(tokio::time::Instant::now(), grace) {
                             tracing::info!(
                                 engine = %self.label,
                                 pid = self.pid,
@@ -356,7 +356,7 @@ impl Supervised {
                         }
                     }
                     Some(Control::KillNow) => {
-                        if let Some(signal) = phase.kill_now() {
+                        if let Some(signal) = stop.kill_now() {
                             tracing::warn!(
                                 engine = %self.label,
                                 pid = self.pid,
@@ -367,7 +367,7 @@ impl Supervised {
                     }
                 },
                 () = sleep_until_or_forever(kill_at), if kill_at.is_some() => {
-                    if let Some(signal) = phase.grace_elapsed() {
+                    if let Some(signal) = stop.grace_elapsed() {
                         tracing::warn!(
                             engine = %self.label,
                             pid = self.pid,
@@ -396,8 +396,8 @@ impl Supervised {
             pid: self.pid,
             status,
             uptime,
-            stop_requested: phase != Phase::Running,
-            killed_after_grace: phase == Phase::Killed { after_grace: true },
+            stop_requested: stop != StopProgress::Running,
+            killed_after_grace: stop == StopProgress::Killed { after_grace: true },
         }
     }
 
@@ -649,36 +649,36 @@ mod tests {
     }
 
     #[test]
-    fn phase_sends_term_once_then_kill_once() {
+    fn a_stop_sends_term_once_then_kill_once() {
         let now = tokio::time::Instant::now();
         let second = Duration::from_secs(1);
-        let mut phase = Phase::Running;
-        assert_eq!(phase.grace_elapsed(), None, "no deadline before a stop");
-        assert_eq!(phase.stop(now, 10 * second), Some(Signal::TERM));
-        assert_eq!(phase.kill_at(), Some(now + 10 * second));
+        let mut stop = StopProgress::Running;
+        assert_eq!(stop.grace_elapsed(), None, "no deadline before a stop");
+        assert_eq!(stop.stop(now, 10 * second), Some(Signal::TERM));
+        assert_eq!(stop.kill_at(), Some(now + 10 * second));
         // A repeat never re-sends TERM and never pushes the deadline back, only forward.
-        assert_eq!(phase.stop(now, 20 * second), None);
-        assert_eq!(phase.kill_at(), Some(now + 10 * second));
-        assert_eq!(phase.stop(now, second), None);
-        assert_eq!(phase.kill_at(), Some(now + second));
-        assert_eq!(phase.grace_elapsed(), Some(Signal::KILL));
-        assert_eq!(phase, Phase::Killed { after_grace: true });
-        assert_eq!(phase.kill_now(), None);
-        assert_eq!(phase.stop(now, second), None);
-        assert_eq!(phase.kill_at(), None);
+        assert_eq!(stop.stop(now, 20 * second), None);
+        assert_eq!(stop.kill_at(), Some(now + 10 * second));
+        assert_eq!(stop.stop(now, second), None);
+        assert_eq!(stop.kill_at(), Some(now + second));
+        assert_eq!(stop.grace_elapsed(), Some(Signal::KILL));
+        assert_eq!(stop, StopProgress::Killed { after_grace: true });
+        assert_eq!(stop.kill_now(), None);
+        assert_eq!(stop.stop(now, second), None);
+        assert_eq!(stop.kill_at(), None);
     }
 
     #[test]
-    fn phase_kill_now_skips_the_grace_period() {
+    fn kill_now_skips_the_grace_period() {
         let now = tokio::time::Instant::now();
-        let mut phase = Phase::Running;
-        assert_eq!(phase.kill_now(), Some(Signal::KILL));
-        assert_eq!(phase, Phase::Killed { after_grace: false });
-        let mut phase = Phase::Running;
-        phase.stop(now, Duration::from_secs(10));
-        assert_eq!(phase.kill_now(), Some(Signal::KILL));
-        assert_eq!(phase.grace_elapsed(), None);
-        assert_eq!(phase, Phase::Killed { after_grace: false });
+        let mut stop = StopProgress::Running;
+        assert_eq!(stop.kill_now(), Some(Signal::KILL));
+        assert_eq!(stop, StopProgress::Killed { after_grace: false });
+        let mut stop = StopProgress::Running;
+        stop.stop(now, Duration::from_secs(10));
+        assert_eq!(stop.kill_now(), Some(Signal::KILL));
+        assert_eq!(stop.grace_elapsed(), None);
+        assert_eq!(stop, StopProgress::Killed { after_grace: false });
     }
 
     #[test]

@@ -203,13 +203,13 @@ pub fn notice(notice: &Notice) {
             engine_version = %engine.newest(), reason = %reason,
             "lost the lock: {reason}; stopping engine {engine} now (fencing)"
         ),
-        Notice::HandingOff {
+        Notice::SteppingDown {
             engine: Some(engine),
         } => info!(
             engine_version = %engine.newest(),
             "hand-off requested: stopping engine {engine}, then giving the lock back and standing by"
         ),
-        Notice::HandingOff { engine: None } => {
+        Notice::SteppingDown { engine: None } => {
             info!("hand-off requested: no engine runs here; giving any lock back and standing by")
         }
         Notice::StandbyOver => {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::common::failover::{
-    engines_of, hand_off, lock_epoch, ms_between, nanos, wait_started_by, LeaseWatch, Mode, PgLock,
+    engines_of, lock_epoch, ms_between, nanos, step_down, wait_started_by, LeaseWatch, Mode, PgLock,
 };
 use crate::common::{pg, unix_nanos_now, Host, Node};
 use rustix::process::Signal;
@@ -130,7 +130,7 @@ async fn primary_dies_secondary_takes_over_and_hands_back(mode: Mode) {
     // Maintenance: hand the secondary off; the primary takes over.
     let asked_at = unix_nanos_now();
     let socket = secondary_socket.display().to_string();
-    let (code, answer) = hand_off(&["--control-socket", &socket]).await;
+    let (code, answer) = step_down(&["--control-socket", &socket]).await;
     assert_eq!(code, 0, "{answer}");
     assert!(answer.contains("handed off"), "{answer}");
     let third = host.wait_event("start", "1.0.0", 3).await;

@@ -78,7 +78,7 @@ fn installs_runs_verifies_and_purges_cleanly_in_a_clean_debian_root() {
     // The pages are rendered from the CLI: the run page lists run's flags.
     let page = root.sh_ok("MANPAGER=cat MANWIDTH=100 man engine-shim 2>&1");
     assert!(
-        page.contains("engine-shim") && page.contains("handoff"),
+        page.contains("engine-shim") && page.contains("step-down"),
         "{page}"
     );
     let run_page = root.sh_ok("MANPAGER=cat MANWIDTH=100 man engine-shim-run 2>&1");

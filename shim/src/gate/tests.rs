@@ -115,7 +115,7 @@ fn step(g: &mut Sim, event: Event) -> Vec<Action> {
     let mut actions = g.step(event);
     if let Some(i) = actions.iter().position(|a| *a == Action::AcquireLock) {
         actions.remove(i);
-        actions.extend(g.step(Event::LockGranted(Grant::Usable)));
+        actions.extend(g.step(Event::LockGranted(Grant::UntilReleased)));
     }
     actions
 }
@@ -584,7 +584,7 @@ fn an_engine_starts_only_once_the_lock_is_granted() {
     assert_eq!(commands(g.step(at(2, "1.0.0"))), []);
     // Not an upgrade: the engine starts from the present, the latest finalized block.
     assert_eq!(
-        commands(g.step(Event::LockGranted(Grant::Usable))),
+        commands(g.step(Event::LockGranted(Grant::UntilReleased))),
         [Action::Start {
             engine: 0,
             block: block(2)
@@ -607,7 +607,7 @@ fn an_idle_shim_holds_no_lock() {
     assert_eq!(lock_actions(&g.step(at(2, "1.1.0"))), [Action::CancelLock]);
     // A grant that crossed the cancel is handed straight back.
     assert_eq!(
-        g.step(Event::LockGranted(Grant::Usable)),
+        g.step(Event::LockGranted(Grant::UntilReleased)),
         [Action::ReleaseLock]
     );
     // Running, then no longer compatible: the lock goes back only after the child is reaped.
@@ -674,18 +674,18 @@ fn a_lost_lock_fences_the_engine_and_waits_for_the_lock_again() {
 }
 
 #[test]
-fn hand_off_stops_releases_and_stands_by_until_told() {
+fn step_down_stops_releases_and_stands_by_until_told() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
     assert_eq!(
-        commands_and_lock(g.step(Event::HandOff)),
+        commands_and_lock(g.step(Event::StepDown)),
         [Action::Stop { engine: 0 }]
     );
     // The stand-by counts from the request.
     assert_eq!(g.deadline_in(), Some(STANDBY));
     assert_eq!(
         commands_and_lock(g.step(exited(0, 3))),
-        [Action::ReleaseLock, Action::HandedOff]
+        [Action::ReleaseLock, Action::SteppedDown]
     );
     // Standing by: blocks of a compatible release start nothing, not even a lock request.
     assert_eq!(commands_and_lock(g.step(at(2, "1.0.0"))), []);
@@ -696,15 +696,15 @@ fn hand_off_stops_releases_and_stands_by_until_told() {
 }
 
 #[test]
-fn a_second_hand_off_during_the_stand_by_starts_the_stand_by_afresh() {
+fn a_second_step_down_during_the_stand_by_starts_the_stand_by_afresh() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
-    g.step(Event::HandOff);
+    g.step(Event::StepDown);
     g.step(exited(0, 3));
     g.advance(STANDBY / 2);
     assert_eq!(
-        commands_and_lock(g.step(Event::HandOff)),
-        [Action::HandedOff]
+        commands_and_lock(g.step(Event::StepDown)),
+        [Action::SteppedDown]
     );
     // When the first stand-by would have ended, the second one goes on.
     g.advance(STANDBY / 2);
@@ -723,14 +723,18 @@ fn a_second_hand_off_during_the_stand_by_starts_the_stand_by_afresh() {
 fn a_stand_by_that_ends_while_the_engine_stops_competes_once_it_is_reaped() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
-    g.step(Event::HandOff);
+    g.step(Event::StepDown);
     let over = due(&mut g);
     assert!(notices(&over).contains(&&Notice::StandbyOver));
     assert_eq!(commands_and_lock(over), []);
-    // The hand-off is still answered, then the instance competes again.
+    // The step-down is still answered, then the instance competes again.
     assert_eq!(
         commands_and_lock(g.step(exited(0, 40))),
-        [Action::ReleaseLock, Action::HandedOff, Action::AcquireLock]
+        [
+            Action::ReleaseLock,
+            Action::SteppedDown,
+            Action::AcquireLock
+        ]
     );
 }
 
@@ -742,13 +746,13 @@ fn a_grant_too_old_to_use_is_given_back_and_asked_for_again() {
         [Action::AcquireLock]
     );
     assert_eq!(
-        g.step(Event::LockGranted(Grant::Expired)),
+        g.step(Event::LockGranted(Grant::Until(g.now))),
         [Action::RetryLock]
     );
     assert_eq!(g.alive(), None);
     // The next grant answers the same wait.
     assert_eq!(
-        commands(g.step(Event::LockGranted(Grant::Usable))),
+        commands(g.step(Event::LockGranted(Grant::UntilReleased))),
         [Action::Start {
             engine: 0,
             block: block(1)
@@ -759,8 +763,157 @@ fn a_grant_too_old_to_use_is_given_back_and_asked_for_again() {
     g.step(at(1, "1.0.0"));
     g.step(at(2, "1.1.0"));
     assert_eq!(
-        g.step(Event::LockGranted(Grant::Expired)),
+        g.step(Event::LockGranted(Grant::Until(g.now))),
         [Action::ReleaseLock]
+    );
+}
+
+/// The renewal deadline of a PostgreSQL lock with the default lease (5 s, so 2.5 s).
+const RENEW_DEADLINE: Duration = Duration::from_millis(2500);
+
+/// A gate running engine 0 (1.0.0) on a lock that must be renewed, granted at block 1; the
+/// release then moves to 1.1.0 at block 2, so engine 0 is being stopped for engine 1.
+fn handing_over_on_a_renewed_lock() -> Sim {
+    let mut g = gate(&["1.0.0", "1.1.0"]);
+    assert_eq!(
+        commands_and_lock(g.step(at(1, "1.0.0"))),
+        [Action::AcquireLock]
+    );
+    let until = g.now + RENEW_DEADLINE;
+    assert_eq!(
+        commands(g.step(Event::LockGranted(Grant::Until(until)))),
+        [Action::Start {
+            engine: 0,
+            block: block(1)
+        }]
+    );
+    assert_eq!(
+        commands(g.step(Event::LockUsableUntil(g.now + RENEW_DEADLINE))),
+        []
+    );
+    assert_eq!(
+        commands(g.step(at(2, "1.1.0"))),
+        [Action::Stop { engine: 0 }]
+    );
+    g
+}
+
+#[test]
+fn a_hand_over_on_a_lock_past_its_renewal_deadline_waits_for_the_renewal() {
+    let mut g = handing_over_on_a_renewed_lock();
+    // The process was paused past the deadline; the old engine's exit comes first.
+    g.advance(Duration::from_secs(10));
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 6))),
+        [Action::HoldStart { engine: 1 }]
+    );
+    assert_eq!(g.alive(), None);
+    // Said once: more blocks and ticks start nothing and say nothing again.
+    assert_eq!(commands_and_lock(g.step(at(3, "1.1.0"))), []);
+    assert_eq!(commands_and_lock(g.step(Event::Tick)), []);
+    // Stating the same passed deadline again changes nothing either.
+    let passed = g.now - Duration::from_secs(1);
+    assert_eq!(
+        commands_and_lock(g.step(Event::LockUsableUntil(passed))),
+        []
+    );
+    // A renewal that succeeded after all moves the deadline on: the start goes ahead, from the
+    // upgrade block, on the lock already held.
+    let renewed = g.now + RENEW_DEADLINE;
+    assert_eq!(
+        commands_and_lock(g.step(Event::LockUsableUntil(renewed))),
+        [Action::Start {
+            engine: 1,
+            block: block(2)
+        }]
+    );
+}
+
+#[test]
+fn a_start_held_back_for_the_lock_asks_for_it_again_once_it_is_lost() {
+    let mut g = handing_over_on_a_renewed_lock();
+    g.advance(Duration::from_secs(10));
+    g.step(exited(0, 6));
+    let kill_by = g.now;
+    let reason = "no renewal succeeded within 2.5s".to_string();
+    // No child is alive: nothing to fence, nothing to give back; the lock is asked for anew.
+    let lost = g.step(Event::LockLost { reason, kill_by });
+    assert_eq!(commands_and_lock(lost), [Action::AcquireLock]);
+    let until = g.now + RENEW_DEADLINE;
+    assert_eq!(
+        commands_and_lock(g.step(Event::LockGranted(Grant::Until(until)))),
+        [Action::Start {
+            engine: 1,
+            block: block(2)
+        }]
+    );
+}
+
+#[test]
+fn a_renewed_lock_lets_a_later_start_go_ahead() {
+    let mut g = handing_over_on_a_renewed_lock();
+    g.advance(Duration::from_secs(10));
+    // Renewed meanwhile: the deadline the shell states is ahead again.
+    g.step(Event::LockUsableUntil(g.now + RENEW_DEADLINE));
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 6))),
+        [Action::Start {
+            engine: 1,
+            block: block(2)
+        }]
+    );
+}
+
+#[test]
+fn a_lock_without_a_renewal_deadline_is_usable_until_given_back() {
+    let mut g = gate(&["1.0.0", "1.1.0"]);
+    g.step(at(1, "1.0.0"));
+    g.step(Event::LockGranted(Grant::UntilReleased));
+    g.step(at(2, "1.1.0"));
+    g.advance(Duration::from_secs(3600));
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 6))),
+        [Action::Start {
+            engine: 1,
+            block: block(2)
+        }]
+    );
+}
+
+#[test]
+fn a_start_held_back_for_the_lock_ends_with_a_shutdown_or_a_step_down() {
+    for (event, ending) in [
+        (SIGTERM, Action::Exit),
+        (Event::StepDown, Action::SteppedDown),
+    ] {
+        let mut g = handing_over_on_a_renewed_lock();
+        g.advance(Duration::from_secs(10));
+        g.step(exited(0, 6));
+        assert_eq!(
+            commands_and_lock(g.step(event)),
+            [Action::ReleaseLock, ending]
+        );
+        // A renewal arriving after the lock was given back starts nothing.
+        assert_eq!(
+            commands_and_lock(g.step(Event::LockUsableUntil(g.now + RENEW_DEADLINE))),
+            []
+        );
+    }
+}
+
+#[test]
+fn a_start_held_back_follows_the_release() {
+    let mut g = handing_over_on_a_renewed_lock();
+    g.advance(Duration::from_secs(10));
+    g.step(exited(0, 6));
+    // The release moves on to one no engine covers: the held-back start is void, the lock goes.
+    assert_eq!(
+        commands_and_lock(g.step(at(3, "1.2.0"))),
+        [Action::ReleaseLock]
+    );
+    assert_eq!(
+        commands_and_lock(g.step(Event::LockUsableUntil(g.now + RENEW_DEADLINE))),
+        []
     );
 }
 
@@ -853,12 +1006,12 @@ fn a_second_signal_kills_the_engine_now() {
 }
 
 #[test]
-fn hand_off_of_an_idle_instance_answers_at_once() {
+fn step_down_of_an_idle_instance_answers_at_once() {
     let mut g = gate(&["1.1.0"]);
     g.step(at(1, "1.0.0"));
     assert_eq!(
-        commands_and_lock(g.step(Event::HandOff)),
-        [Action::HandedOff]
+        commands_and_lock(g.step(Event::StepDown)),
+        [Action::SteppedDown]
     );
 }
 
@@ -1105,14 +1258,17 @@ fn a_replacement_that_changes_nothing_does_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Model check: one or two shims (processes), each with its own gate and engines, sharing one chain
 // and one lock, under random interleavings of blocks, crashes, stop completions, lock grants (in
-// time or too late to use), lock losses (with their fencing deadline ahead or already passed),
-// hand-offs, signals and the passing of virtual time, with each shim's timer firing late or
+// time or too late to use, bounded by a renewal deadline or not), renewals, lock losses (with
+// their fencing deadline ahead or already passed),
+// step-downs, signals and the passing of virtual time, with each shim's timer firing late or
 // early at any point among them.
 
 /// How long a fenced engine may live after the loss is reported, and when the lost lease may go
 /// to someone else: later than the fencing deadline, as the real lock's deadlines guarantee.
 const MODEL_KILL_WITHIN: Duration = Duration::from_secs(3);
 const MODEL_LEASE_FREE_AFTER: Duration = Duration::from_secs(5);
+/// How long a grant or a renewal of a lock that must be renewed stays usable.
+const MODEL_RENEW_DEADLINE: Duration = Duration::from_millis(2500);
 
 /// One shim process as the outside world sees it.
 struct Shim {
@@ -1131,8 +1287,8 @@ struct Shim {
     /// lease stays with this shim until the engine is reaped or `lease_free_at`, whichever is
     /// first; by then the gate must have killed it.
     lost: Option<Lost>,
-    /// When this shim was last asked to hand off: it asks for no lock for [`STANDBY`] after it.
-    handed_off_at: Option<Instant>,
+    /// When this shim was last asked to step down: it asks for no lock for [`STANDBY`] after it.
+    stepped_down_at: Option<Instant>,
     /// The gate asked for the release at the finalized head for this engine; no answer yet.
     head_check: Option<EngineId>,
     /// What a replaced engine covers once its live child (the old program) is gone.
@@ -1152,6 +1308,9 @@ struct World {
     holder: Option<usize>,
     /// The holder's grant came too late to be used: it must not start anything on it.
     holder_expired: bool,
+    /// The holder's renewal deadline, for a lock that must be renewed: nothing may start on the
+    /// lock from then on, however long ago it was granted.
+    holder_until: Option<Instant>,
     waiting: std::collections::VecDeque<usize>,
     now: Instant,
 }
@@ -1163,14 +1322,17 @@ enum Op {
     Crash(usize, u64),
     StopCompletes(usize),
     /// The lock goes to the first waiter; `false`: the grant arrives too late to be used.
-    Grant(bool),
+    /// `true`: a lock that must be renewed, usable until [`MODEL_RENEW_DEADLINE`] from now.
+    Grant(bool, bool),
+    /// The holder renews its lock, if its renewal deadline has not passed.
+    Renew(usize),
     /// The shim's second signal, if it is the second.
     Shutdown(usize),
     /// The lock is lost; `true`: the loss is noticed only after its fencing deadline passed.
     Lose(usize, bool),
     /// A lost lease runs out at the database, so it may go to someone else.
     LeaseExpires(usize),
-    HandOff(usize),
+    StepDown(usize),
     /// Time passes (milliseconds), without anyone being told.
     Advance(u64),
     /// The shim's timer fires (it may be late, or early for nothing).
@@ -1187,11 +1349,13 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         6 => (0usize..2).prop_map(Op::Deliver),
         1 => (0usize..2, 0u64..30).prop_map(|(s, up)| Op::Crash(s, up)),
         3 => (0usize..2).prop_map(Op::StopCompletes),
-        3 => proptest::bool::weighted(0.85).prop_map(Op::Grant),
+        3 => (proptest::bool::weighted(0.85), proptest::bool::ANY)
+            .prop_map(|(usable, bounded)| Op::Grant(usable, bounded)),
+        3 => (0usize..2).prop_map(Op::Renew),
         1 => (0usize..2).prop_map(Op::Shutdown),
         1 => (0usize..2, proptest::bool::weighted(0.2)).prop_map(|(s, late)| Op::Lose(s, late)),
         1 => (0usize..2).prop_map(Op::LeaseExpires),
-        1 => (0usize..2).prop_map(Op::HandOff),
+        1 => (0usize..2).prop_map(Op::StepDown),
         3 => prop_oneof![Just(100u64), Just(1_000), Just(4_000), Just(20_000)].prop_map(Op::Advance),
         3 => (0usize..2).prop_map(Op::Tick),
         3 => (0usize..2, proptest::bool::weighted(0.8)).prop_map(|(s, ok)| Op::HeadAnswers(s, ok)),
@@ -1233,7 +1397,7 @@ impl World {
                 exited: false,
                 shutting_down: false,
                 lost: None,
-                handed_off_at: None,
+                stepped_down_at: None,
                 head_check: None,
             })
             .collect();
@@ -1242,6 +1406,7 @@ impl World {
             chain: Vec::new(),
             holder: None,
             holder_expired: false,
+            holder_until: None,
             waiting: Default::default(),
             now: Instant::now(),
         }
@@ -1255,7 +1420,14 @@ impl World {
             } => Some(*release),
             _ => None,
         };
-        let actions = self.shims[s].gate.step(self.now, event);
+        // The shell states the held lock's deadline before every event, as `run.rs` does.
+        let mut actions = match self.holder_until {
+            Some(until) if self.holder == Some(s) && !self.holder_expired => self.shims[s]
+                .gate
+                .step(self.now, Event::LockUsableUntil(until)),
+            _ => Vec::new(),
+        };
+        actions.extend(self.shims[s].gate.step(self.now, event));
         for action in actions {
             if let (Action::Stop { engine }, Some(release)) = (&action, release) {
                 // No hand-over between two compatible engines: a block stops only what it must.
@@ -1289,6 +1461,13 @@ impl World {
             Action::Start { engine, .. } => {
                 assert_eq!(self.holder, Some(s), "shim {s} started without the lock");
                 assert!(!self.holder_expired, "shim {s} started on an expired grant");
+                if let Some(until) = self.holder_until {
+                    assert!(
+                        now < until,
+                        "shim {s} started {:?} past the lock's renewal deadline",
+                        now - until
+                    );
+                }
                 assert_eq!(shim.alive, None, "shim {s} started a second child");
                 assert!(
                     others_running.is_empty(),
@@ -1315,14 +1494,26 @@ impl World {
             Action::AcquireLock => {
                 assert_ne!(self.holder, Some(s), "asked for a lock it holds");
                 assert!(!self.waiting.contains(&s), "asked twice");
-                if let Some(at) = shim.handed_off_at {
+                if let Some(at) = shim.stepped_down_at {
                     assert!(
                         now >= at + STANDBY,
-                        "asked for the lock {:?} after a hand-off, within the stand-by",
+                        "asked for the lock {:?} after a step-down, within the stand-by",
                         now - at
                     );
                 }
                 self.waiting.push_back(s);
+            }
+            Action::HoldStart { .. } => {
+                assert_eq!(
+                    self.holder,
+                    Some(s),
+                    "held a start back on a lock it does not hold"
+                );
+                assert!(
+                    self.holder_until.is_some_and(|until| now >= until),
+                    "held a start back on a usable lock"
+                );
+                assert_eq!(shim.alive, None, "held a start back with a child alive");
             }
             Action::RetryLock => {
                 assert_eq!(self.holder, Some(s), "gave back a grant it does not hold");
@@ -1366,9 +1557,9 @@ impl World {
                 assert_eq!(shim.alive, None, "checked the head with a child alive");
                 shim.head_check = Some(engine);
             }
-            Action::HandedOff => {
-                assert_eq!(shim.alive, None, "handed off with a child alive");
-                assert_ne!(self.holder, Some(s), "handed off holding the lock");
+            Action::SteppedDown => {
+                assert_eq!(shim.alive, None, "stepped down with a child alive");
+                assert_ne!(self.holder, Some(s), "stepped down holding the lock");
             }
             Action::ReleaseLock => {
                 assert!(shim.lost.is_none(), "released a lock it had lost");
@@ -1435,18 +1626,33 @@ impl World {
                 }
             }
             Op::StopCompletes(s) => self.complete_stop(s),
-            Op::Grant(usable) => {
+            Op::Grant(usable, bounded) => {
                 if self.holder.is_none() {
                     if let Some(s) = self.waiting.pop_front() {
                         self.holder = Some(s);
                         self.holder_expired = !usable;
-                        let grant = if usable {
-                            Grant::Usable
-                        } else {
-                            Grant::Expired
+                        let grant = match (usable, bounded) {
+                            (true, false) => Grant::UntilReleased,
+                            (true, true) => Grant::Until(self.now + MODEL_RENEW_DEADLINE),
+                            (false, _) => Grant::Until(self.now),
+                        };
+                        self.holder_until = match grant {
+                            Grant::UntilReleased => None,
+                            Grant::Until(until) => Some(until),
                         };
                         self.feed(s, Event::LockGranted(grant));
                     }
+                }
+            }
+            Op::Renew(s) => {
+                let renewable = self.holder == Some(s)
+                    && !self.holder_expired
+                    && self.shims[s].lost.is_none()
+                    && self.holder_until.is_some_and(|until| self.now < until);
+                if renewable {
+                    let until = self.now + MODEL_RENEW_DEADLINE;
+                    self.holder_until = Some(until);
+                    self.feed(s, Event::LockUsableUntil(until));
                 }
             }
             Op::Lose(s, late) => {
@@ -1479,12 +1685,12 @@ impl World {
                 }
             }
             Op::LeaseExpires(s) => self.expire_lease(s),
-            Op::HandOff(s) => {
+            Op::StepDown(s) => {
                 if s < self.shims.len() && !self.shims[s].exited {
                     if !self.shims[s].shutting_down {
-                        self.shims[s].handed_off_at = Some(self.now);
+                        self.shims[s].stepped_down_at = Some(self.now);
                     }
-                    self.feed(s, Event::HandOff);
+                    self.feed(s, Event::StepDown);
                 }
             }
             Op::Advance(ms) => self.now += Duration::from_millis(ms),
@@ -1609,8 +1815,14 @@ impl World {
                 self.complete_stop(s);
                 self.run(Op::HeadAnswers(s, true));
                 self.expire_lease(s);
+                self.run(Op::Renew(s));
+                // A lock past its renewal deadline is reported lost by its worker.
+                let past_deadline = self.holder_until.is_some_and(|until| self.now >= until);
+                if self.holder == Some(s) && past_deadline {
+                    self.run(Op::Lose(s, false));
+                }
             }
-            self.run(Op::Grant(true));
+            self.run(Op::Grant(true, false));
             let next = self
                 .shims
                 .iter()

@@ -28,7 +28,8 @@ impl BootInstant {
         BootInstant(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
     }
 
-    /// The moment this far after boot; for tests and arithmetic.
+    /// The moment this far after boot.
+    #[cfg(test)]
     pub const fn from_boot(since_boot: Duration) -> Self {
         BootInstant(since_boot)
     }
@@ -45,13 +46,6 @@ impl BootInstant {
     /// How long from now until this moment; zero once it has passed.
     pub fn remaining(self) -> Duration {
         self.saturating_duration_since(BootInstant::now())
-    }
-
-    /// Resolves once this moment has passed on the boot-time clock, however the process or the
-    /// host was paused meanwhile. Makes a timer for the one call: for repeated waits keep a
-    /// [`BootTimer`].
-    pub async fn sleep_until(self) -> io::Result<()> {
-        BootTimer::new()?.sleep_until(self).await
     }
 }
 
@@ -247,6 +241,5 @@ mod tests {
         let next = BootInstant::now() + MS(20);
         timer.sleep_until(next).await.unwrap();
         assert!(BootInstant::now() >= next);
-        BootInstant::now().sleep_until().await.unwrap();
     }
 }

@@ -94,6 +94,7 @@ impl fmt::Debug for Password {
 }
 
 impl Password {
+    #[cfg(test)]
     pub fn new(password: impl Into<String>) -> Self {
         Password(password.into())
     }
@@ -268,11 +269,6 @@ impl PgLockConfig {
         self.renew
     }
 
-    /// Whether a password will be sent (for a log line saying where it came from, not what it is).
-    pub fn has_password(&self) -> bool {
-        self.connect.get_password().is_some()
-    }
-
     /// The parsed URL with the password, for connecting.
     pub(crate) fn connect_config(&self) -> &tokio_postgres::Config {
         &self.connect
@@ -376,7 +372,7 @@ mod tests {
         assert_eq!(config.mode(), LockMode::Lease);
         assert_eq!(config.name(), "engine-shim");
         assert_eq!((config.lease(), config.renew()), (S(5), S(1)));
-        assert!(!config.has_password());
+        assert!(config.connect_config().get_password().is_none());
         assert_eq!(config.connect_config().get_user(), Some("shim"));
         assert_eq!(config.connect_config().get_dbname(), Some("locks"));
         assert_eq!(config.connect_config().get_ports(), &[5433]);
@@ -399,7 +395,7 @@ mod tests {
         assert_eq!(config.mode(), LockMode::Dual);
         assert_eq!(config.name(), "validator-2");
         assert_eq!((config.lease(), config.renew()), (S(10), MS(2500)));
-        assert!(config.has_password());
+        assert!(config.connect_config().get_password().is_some());
         assert_eq!(
             config.connect_config().get_password(),
             Some(&b"hunter2"[..])

@@ -9,7 +9,7 @@
 //! - [`PgLock`]: the lock every instance of a test names (mode, unique name, short lease).
 //! - [`LeaseWatch`]: the database's own view of the lease row, sampled while a test runs, so a
 //!   test can compare a takeover with the expiry the database granted the previous holder.
-//! - Freezing a host ([`freeze`], [`thaw`]), the `engine-shim handoff` client, and readers for
+//! - Freezing a host ([`freeze`], [`thaw`]), the `engine-shim step-down` client, and readers for
 //!   what an engine was given (`{lock_epoch}`, `ENGINE_SHIM_LOCK_EPOCH`).
 
 use std::path::PathBuf;
@@ -123,7 +123,7 @@ impl PgLock {
             .shim_args(&["--grace", "2s"])
     }
 
-    /// As [`Self::instance`], listening for `engine-shim handoff` on `DIR/<name>.sock`; returns the
+    /// As [`Self::instance`], listening for `engine-shim step-down` on `DIR/<name>.sock`; returns the
     /// builder and the socket path.
     pub fn instance_with_socket(
         &self,
@@ -233,19 +233,19 @@ pub async fn wait_started_by(shim: &Shim, pid: u32) {
     shim.wait_message(0, &[&needle]).await;
 }
 
-/// Runs `engine-shim handoff ARGS` to completion; returns its exit code and everything it
+/// Runs `engine-shim step-down ARGS` to completion; returns its exit code and everything it
 /// printed.
-pub async fn hand_off(args: &[&str]) -> (i32, String) {
+pub async fn step_down(args: &[&str]) -> (i32, String) {
     let mut command = tokio::process::Command::new(bin("engine-shim"));
     command
-        .arg("handoff")
+        .arg("step-down")
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let output = tokio::time::timeout(TIMEOUT, command.output())
         .await
-        .unwrap_or_else(|_| panic!("engine-shim handoff {args:?} did not finish"))
-        .expect("cannot run engine-shim handoff");
+        .unwrap_or_else(|_| panic!("engine-shim step-down {args:?} did not finish"))
+        .expect("cannot run engine-shim step-down");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

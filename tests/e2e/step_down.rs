@@ -1,19 +1,26 @@
 //! Maintenance without downtime on one host: a primary and a secondary instance share a lock; the
-//! operator hands the work to the secondary, does maintenance, and hands it back.
+//! operator has the primary step down so the secondary takes the work, does maintenance, and has
+//! the secondary step down to hand it back. `engine-shim handoff`, the command's earlier name,
+//! still works.
 
 use crate::common;
 
 use crate::common::{bin, Host, Node};
 use rustix::process::Signal;
 
-/// Runs `engine-shim handoff ARGS` to completion.
-async fn hand_off(args: &[&str]) -> (i32, String) {
+/// Runs `engine-shim step-down ARGS` to completion.
+async fn step_down(args: &[&str]) -> (i32, String) {
+    engine_shim(&["step-down"], args).await
+}
+
+/// Runs `engine-shim COMMAND ARGS` to completion: exit code and everything it printed.
+async fn engine_shim(command: &[&str], args: &[&str]) -> (i32, String) {
     let output = tokio::process::Command::new(bin("engine-shim"))
-        .arg("handoff")
+        .args(command)
         .args(args)
         .output()
         .await
-        .expect("engine-shim handoff runs");
+        .expect("engine-shim runs");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -23,7 +30,7 @@ async fn hand_off(args: &[&str]) -> (i32, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hand_off_moves_the_engine_to_the_waiting_instance_and_back() {
+async fn step_down_moves_the_engine_to_the_waiting_instance_and_back() {
     let node = Node::start(&["--release", "1.0.0"]).await;
     let host = Host::new();
     let socket = host.dir.path().join("primary.sock");
@@ -37,8 +44,8 @@ async fn hand_off_moves_the_engine_to_the_waiting_instance_and_back() {
     let secondary = host.shim(&node).engine("1.0.0").spawn();
     secondary.wait_message(0, &["waiting for the lock"]).await;
 
-    // Hand off the primary: the answer comes once its engine is reaped and the lock is free.
-    let (code, answer) = hand_off(&["--control-socket", &socket_arg]).await;
+    // The primary steps down: the answer comes once its engine is reaped and the lock is free.
+    let (code, answer) = step_down(&["--control-socket", &socket_arg]).await;
     assert_eq!(code, 0, "{answer}");
     assert!(answer.contains("handed off"), "{answer}");
     let second = host.wait_event("start", "1.0.0", 2).await;
@@ -48,13 +55,14 @@ async fn hand_off_moves_the_engine_to_the_waiting_instance_and_back() {
     assert_eq!(stop.pid, first.pid);
     assert!(stop.unix_nanos() < second.unix_nanos());
 
-    // After its stand-by the primary waits for the lock again; hand back with SIGUSR1.
+    // After its stand-by the primary waits for the lock again; hand back with SIGUSR1, asked for
+    // under the command's earlier name.
     let mark = primary.mark();
     primary
         .wait_message(mark, &["stand-by after the hand-off is over"])
         .await;
     let pid = secondary.proc.pid().to_string();
-    let (code, answer) = hand_off(&["--pid", &pid]).await;
+    let (code, answer) = engine_shim(&["handoff"], &["--pid", &pid]).await;
     assert_eq!(code, 0, "{answer}");
     let third = host.wait_event("start", "1.0.0", 3).await;
     primary.wait_message(mark, &["acquired the lock"]).await;
@@ -64,12 +72,12 @@ async fn hand_off_moves_the_engine_to_the_waiting_instance_and_back() {
     drop((primary, secondary));
 }
 
-/// A second hand-off during the stand-by starts the stand-by afresh: the instance asks for no lock
+/// A second step-down during the stand-by starts the stand-by afresh: the instance asks for no lock
 /// for `--standby` after the *latest* request. The witness is the order in which two instances
 /// that stand by at the same time compete again: the one whose stand-by began first wins, with no
 /// clock read in the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_hand_off_during_the_stand_by_starts_it_afresh() {
+async fn a_second_step_down_during_the_stand_by_starts_it_afresh() {
     let node = Node::start(&["--release", "1.0.0"]).await;
     let host = Host::new();
     let socket = |name: &str| host.dir.path().join(name).display().to_string();
@@ -91,17 +99,17 @@ async fn a_second_hand_off_during_the_stand_by_starts_it_afresh() {
         .spawn();
     secondary.wait_message(0, &["waiting for the lock"]).await;
 
-    // First hand-off of the primary: the secondary takes over.
+    // The primary steps down first: the secondary takes over.
     let primary_mark = primary.mark();
-    let (code, answer) = hand_off(&["--control-socket", &primary_socket]).await;
+    let (code, answer) = step_down(&["--control-socket", &primary_socket]).await;
     assert_eq!(code, 0, "{answer}");
     host.wait_event("start", "1.0.0", 2).await;
-    // Then the secondary hands off too: nobody holds the lock, both stand by, the secondary's
+    // Then the secondary steps down too: nobody holds the lock, both stand by, the secondary's
     // stand-by began later than the primary's first one.
-    let (code, answer) = hand_off(&["--control-socket", &secondary_socket]).await;
+    let (code, answer) = step_down(&["--control-socket", &secondary_socket]).await;
     assert_eq!(code, 0, "{answer}");
     // The primary is asked again, later still: its stand-by now ends after the secondary's.
-    let (code, answer) = hand_off(&["--control-socket", &primary_socket]).await;
+    let (code, answer) = step_down(&["--control-socket", &primary_socket]).await;
     assert_eq!(code, 0, "{answer}");
     assert!(answer.contains("handed off"), "{answer}");
     let over = "stand-by after the hand-off is over";
@@ -138,16 +146,16 @@ async fn a_second_hand_off_during_the_stand_by_starts_it_afresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hand_off_without_a_running_instance_is_a_clear_error() {
+async fn step_down_without_a_running_instance_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nobody.sock").display().to_string();
-    let (code, answer) = hand_off(&["--control-socket", &socket]).await;
+    let (code, answer) = step_down(&["--control-socket", &socket]).await;
     assert_eq!(code, 1);
     assert!(
         answer.contains("is it running with --control-socket"),
         "{answer}"
     );
-    let (code, _) = hand_off(&[]).await;
+    let (code, _) = step_down(&[]).await;
     assert_eq!(code, 2, "naming no instance is a usage error");
 }
 

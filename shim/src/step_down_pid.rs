@@ -1,4 +1,4 @@
-//! `engine-shim handoff --pid`: SIGUSR1 to one engine-shim, and to nothing else.
+//! `engine-shim step-down --pid`: SIGUSR1 to one engine-shim, and to nothing else.
 //!
 //! kill(2) gives special meanings to pids that are not positive (-1: every process we may signal,
 //! 0: our own process group, -N: process group N), and any other process dies of SIGUSR1's default
@@ -17,7 +17,7 @@ const NAME: &str = "engine-shim";
 
 /// Why no signal was sent.
 #[derive(Debug, PartialEq, Eq)]
-pub enum HandOffPidError {
+pub enum StepDownPidError {
     /// The pid does not name an engine-shim (exit code 2: the operator gave the wrong pid).
     Refused(String),
     /// The pid names an engine-shim that could not be signalled (exit code 1).
@@ -25,9 +25,9 @@ pub enum HandOffPidError {
 }
 
 /// Positive pids only: the others address many processes at once.
-pub fn check_pid(pid: i32) -> Result<Pid, HandOffPidError> {
+pub fn check_pid(pid: i32) -> Result<Pid, StepDownPidError> {
     let refused = |what: &str| {
-        HandOffPidError::Refused(format!(
+        StepDownPidError::Refused(format!(
             "--pid {pid} would signal {what}; give the pid of one engine-shim \
              (or prefer --control-socket PATH, which also waits for the hand-off)"
         ))
@@ -91,9 +91,9 @@ pub fn is_guardian(proc: &Path, pid: Pid) -> bool {
 }
 
 /// Sends SIGUSR1 to `pid` if it is an engine-shim.
-pub fn send_hand_off(pid: i32) -> Result<String, HandOffPidError> {
+pub fn send_step_down(pid: i32) -> Result<String, StepDownPidError> {
     let target = check_pid(pid)?;
-    let gone = || HandOffPidError::Refused(format!("no process with pid {pid}"));
+    let gone = || StepDownPidError::Refused(format!("no process with pid {pid}"));
     // Opened first: from here on the signal can only reach the process we are about to check.
     let pidfd = match rustix::process::pidfd_open(target, PidfdFlags::empty()) {
         Ok(fd) => Some(fd),
@@ -101,7 +101,7 @@ pub fn send_hand_off(pid: i32) -> Result<String, HandOffPidError> {
         // Kernels before 5.3: fall back to kill(2), with the small recycling window it has.
         Err(rustix::io::Errno::NOSYS) => None,
         Err(e) => {
-            return Err(HandOffPidError::Failed(format!(
+            return Err(StepDownPidError::Failed(format!(
                 "cannot open pid {pid}: {e}"
             )))
         }
@@ -115,12 +115,12 @@ pub fn send_hand_off(pid: i32) -> Result<String, HandOffPidError> {
             }
             Identity::Argv0(path) => path.display().to_string(),
         };
-        return Err(HandOffPidError::Refused(format!(
+        return Err(StepDownPidError::Refused(format!(
             "pid {pid} is not an engine-shim (it is {what})"
         )));
     }
     if is_guardian(Path::new("/proc"), target) {
-        return Err(HandOffPidError::Refused(format!(
+        return Err(StepDownPidError::Refused(format!(
             "pid {pid} is the guardian of an engine, not an engine-shim instance; give the pid of \
              the engine-shim it runs under (its parent)"
         )));
@@ -134,7 +134,7 @@ pub fn send_hand_off(pid: i32) -> Result<String, HandOffPidError> {
             "sent SIGUSR1 to engine-shim pid {pid}; its log says when the hand-off is done"
         )),
         Err(rustix::io::Errno::SRCH) => Err(gone()),
-        Err(e) => Err(HandOffPidError::Failed(format!(
+        Err(e) => Err(StepDownPidError::Failed(format!(
             "cannot signal pid {pid}: {e}"
         ))),
     }
@@ -146,7 +146,7 @@ mod tests {
 
     fn refused(pid: i32) -> String {
         match check_pid(pid) {
-            Err(HandOffPidError::Refused(message)) => message,
+            Err(StepDownPidError::Refused(message)) => message,
             other => panic!("{pid}: {other:?}"),
         }
     }
@@ -176,8 +176,8 @@ mod tests {
         let me = Pid::from_raw(std::process::id() as i32).unwrap();
         let identity = identify(Path::new("/proc"), me).unwrap();
         assert_eq!(identity, Identity::Exe(std::env::current_exe().unwrap()));
-        let message = match send_hand_off(std::process::id() as i32) {
-            Err(HandOffPidError::Refused(message)) => message,
+        let message = match send_step_down(std::process::id() as i32) {
+            Err(StepDownPidError::Refused(message)) => message,
             other => panic!("{other:?}"),
         };
         assert!(
