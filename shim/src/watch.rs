@@ -33,21 +33,64 @@ pub struct Snapshot(pub Vec<(PathBuf, Option<Fingerprint>)>);
 
 impl Snapshot {
     /// Stats `program` and the engine libraries it links (found through its rpath).
+    #[cfg(test)]
     pub fn take(program: &Path) -> Snapshot {
-        let mut files = vec![program.to_path_buf()];
-        if let Ok(image) = std::fs::read(program) {
-            files.extend(crate::elf::engine_library_paths(program, &image));
-        }
-        Snapshot(
-            files
-                .into_iter()
-                .map(|path| {
-                    let print = fingerprint(&path);
-                    (path, print)
-                })
-                .collect(),
-        )
+        Snapshot::take_after(program, None, read_program)
     }
+
+    /// Like [`Snapshot::take`], but while the program's own fingerprint equals the one in
+    /// `before`, reuses `before`'s list of libraries and only stats them. Finding the libraries
+    /// means reading the whole program (a debug build is over 100 MB); doing that on every poll
+    /// cost an idle shim a tenth of a core and held a runtime thread for seconds on a loaded host,
+    /// long enough to delay a lock renewal. `read` reads a program (a parameter so a test can
+    /// count the reads).
+    pub fn take_after(
+        program: &Path,
+        before: Option<&Snapshot>,
+        read: impl Fn(&Path) -> std::io::Result<Vec<u8>>,
+    ) -> Snapshot {
+        let program_print = fingerprint(program);
+        let known_libraries = before.and_then(|before| match before.0.split_first() {
+            Some(((path, Some(print)), libraries))
+                if path == program && Some(*print) == program_print =>
+            {
+                Some(libraries.iter().map(|(path, _)| path.clone()).collect())
+            }
+            _ => None,
+        });
+        let libraries: Vec<PathBuf> = match known_libraries {
+            Some(libraries) => libraries,
+            None => match read(program) {
+                Ok(image) => crate::elf::engine_library_paths(program, &image),
+                Err(_) => Vec::new(),
+            },
+        };
+        let mut files = vec![(program.to_path_buf(), program_print)];
+        files.extend(libraries.into_iter().map(|path| {
+            let print = fingerprint(&path);
+            (path, print)
+        }));
+        Snapshot(files)
+    }
+}
+
+/// Takes a snapshot of every program off the runtime's threads (stat calls, and a read of each
+/// program that changed), each after its `before` when given.
+async fn snapshots_after(programs: Vec<PathBuf>, before: Vec<Snapshot>) -> Vec<Snapshot> {
+    tokio::task::spawn_blocking(move || {
+        programs
+            .iter()
+            .enumerate()
+            .map(|(i, program)| Snapshot::take_after(program, before.get(i), read_program))
+            .collect()
+    })
+    .await
+    .expect("taking a snapshot of engine programs panicked")
+}
+
+/// Reads a whole program, to find the libraries it links.
+fn read_program(path: &Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
 }
 
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
@@ -114,10 +157,10 @@ pub async fn watch(
     mut rescan: mpsc::UnboundedReceiver<Option<Vec<Watched>>>,
     tx: mpsc::UnboundedSender<Replaced>,
 ) {
-    let snapshots = |engines: &[Watched]| -> Vec<Snapshot> {
-        engines.iter().map(|e| Snapshot::take(&e.program)).collect()
+    let programs = |engines: &[Watched]| -> Vec<PathBuf> {
+        engines.iter().map(|e| e.program.clone()).collect()
     };
-    let mut known = snapshots(&engines);
+    let mut known = snapshots_after(programs(&engines), Vec::new()).await;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -126,15 +169,16 @@ pub async fn watch(
             Some(list) = rescan.recv() => {
                 if let Some(list) = list {
                     engines = list;
-                    known = snapshots(&engines);
+                    known = snapshots_after(programs(&engines), Vec::new()).await;
                 }
                 true
             }
         };
-        for (engine, before) in engines.iter().zip(known.iter_mut()) {
-            let now = Snapshot::take(&engine.program);
+        let now = snapshots_after(programs(&engines), known.clone()).await;
+        for ((engine, before), now) in engines.iter().zip(known.iter_mut()).zip(now) {
             let files = changed_files(before, &now);
             if files.is_empty() && !forced {
+                *before = now;
                 continue;
             }
             let covers = match &engine.declared {
@@ -143,7 +187,10 @@ pub async fn watch(
             };
             // The snapshot after the probe: a file still being written changes again and is
             // looked at once more on the next tick.
-            *before = Snapshot::take(&engine.program);
+            *before = snapshots_after(vec![engine.program.clone()], Vec::new())
+                .await
+                .pop()
+                .unwrap_or_default();
             let report = Replaced {
                 engine: engine.engine,
                 program: engine.program.clone(),
@@ -215,5 +262,33 @@ mod tests {
         std::fs::write(&staged, "two").unwrap();
         std::fs::rename(&staged, &program).unwrap();
         assert_eq!(changed_files(&before, &Snapshot::take(&program)), [program]);
+    }
+
+    #[test]
+    fn an_unchanged_program_is_not_read_again_and_a_replaced_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("engine");
+        std::fs::write(&program, "one").unwrap();
+        let reads = std::cell::Cell::new(0);
+        let counting = |path: &Path| {
+            reads.set(reads.get() + 1);
+            std::fs::read(path)
+        };
+        let first = Snapshot::take_after(&program, None, counting);
+        assert_eq!(reads.get(), 1);
+        let second = Snapshot::take_after(&program, Some(&first), counting);
+        assert_eq!(reads.get(), 1, "an unchanged program was read again");
+        assert!(changed_files(&first, &second).is_empty());
+
+        let staged = dir.path().join("engine.dpkg-new");
+        std::fs::write(&staged, "two!").unwrap();
+        std::fs::rename(&staged, &program).unwrap();
+        let third = Snapshot::take_after(&program, Some(&second), counting);
+        assert_eq!(
+            reads.get(),
+            2,
+            "a replaced program must be read for its libraries"
+        );
+        assert_eq!(changed_files(&second, &third), [program]);
     }
 }
