@@ -52,17 +52,17 @@ enum Subscriber {
     Lean(LeanSubscriber),
 }
 
+/// Upper bound for one subscriber's whole round, so a broken node fails the bench instead of
+/// hanging it. One timer per round, not per notification: a timer per notification costs the
+/// subscribers more than reading it.
+const PATIENCE: Duration = Duration::from_secs(120);
+
 impl Subscriber {
     async fn next_number(&mut self) -> u64 {
-        let next = async {
-            match self {
-                Subscriber::Jsonrpsee(sub) => next_number(sub).await,
-                Subscriber::Lean(sub) => sub.next_number().await.expect("lean subscriber"),
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), next)
-            .await
-            .expect("subscriber went quiet")
+        match self {
+            Subscriber::Jsonrpsee(sub) => next_number(sub).await,
+            Subscriber::Lean(sub) => sub.next_number().await.expect("lean subscriber"),
+        }
     }
 }
 
@@ -147,11 +147,10 @@ async fn subscribe(
                 continue;
             }
         };
-        assert_eq!(
-            subscriber.next_number().await,
-            best,
-            "the finalized head on subscribe"
-        );
+        let first = tokio::time::timeout(PATIENCE, subscriber.next_number())
+            .await
+            .expect("the finalized head on subscribe, in time");
+        assert_eq!(first, best, "the finalized head on subscribe");
         subscriptions.push(subscriber);
     }
     (subscriptions, clients)
@@ -182,9 +181,14 @@ async fn deliver(
         .into_iter()
         .map(|mut sub| {
             tokio::spawn(async move {
-                for expected in best + 1..=last {
-                    assert_eq!(sub.next_number().await, expected, "every block, in order");
-                }
+                let round = async {
+                    for expected in best + 1..=last {
+                        assert_eq!(sub.next_number().await, expected, "every block, in order");
+                    }
+                };
+                tokio::time::timeout(PATIENCE, round)
+                    .await
+                    .expect("subscriber went quiet");
                 sub
             })
         })
