@@ -59,7 +59,7 @@ impl HeaderCache {
 
 pub(super) fn header_json(chain: &Chain, number: u64) -> Option<Box<RawValue>> {
     let header = chain.header(number)?;
-    Some(serde_json::value::to_raw_value(&header.to_json()).expect("header JSON serializes"))
+    Some(RawValue::from_string(header.to_json_text()).expect("header text is JSON"))
 }
 
 /// Which head stream a subscription follows.
