@@ -39,7 +39,9 @@ pub(super) struct HeaderCache {
 }
 
 impl HeaderCache {
-    const SLOTS: usize = 2048;
+    /// Subscribers on loopback can drift apart by what their socket buffers hold (thousands of
+    /// notifications); a smaller cache made the node render most headers several times.
+    const SLOTS: usize = 8192;
 
     fn get(&mut self, chain: &Chain, number: u64) -> Option<Arc<RawValue>> {
         if self.slots.is_empty() {
