@@ -7,7 +7,7 @@
 //! what the chain already holds.
 //! Recent header JSON is cached, so a hundred subscribers cost one serialization per block. Each
 //! notification is framed around the shared header straight into its connection's writes
-//! ([`crate::net::Injector`]): jsonrpsee's answers the subscription (accept, unsubscribe, errors),
+//! ([`crate::net::Injector`]): jsonrpsee answers the subscription calls (accept, unsubscribe, errors),
 //! fake-node writes the notifications, the same bytes jsonrpsee would write.
 
 use std::borrow::Cow;
