@@ -79,6 +79,33 @@ impl Header {
             "digest": { "logs": [] },
         })
     }
+
+    /// [`Header::to_json`] as text, byte for byte what serializing it gives (members in key
+    /// order), written directly: head subscriptions render every block's header, and building a
+    /// JSON value of hex strings first cost more than sending the notification.
+    pub fn to_json_text(&self) -> String {
+        let mut out = String::with_capacity(300);
+        out.push_str(r#"{"digest":{"logs":[]},"extrinsicsRoot":""#);
+        push_hex(&mut out, &self.extrinsics_root);
+        out.push_str(r#"","number":"0x"#);
+        out.push_str(&format!("{:x}", self.number));
+        out.push_str(r#"","parentHash":""#);
+        push_hex(&mut out, &self.parent_hash.0);
+        out.push_str(r#"","stateRoot":""#);
+        push_hex(&mut out, &self.state_root);
+        out.push_str(r#""}"#);
+        out
+    }
+}
+
+/// Appends `0x` and the lower-case hex of `bytes`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push_str("0x");
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xF)]));
+    }
 }
 
 /// The extrinsics root of block `number`: blocks carry no extrinsics, but a per-block root keeps
@@ -385,6 +412,27 @@ mod tests {
             chain.follow_best();
         }
         chain.best()
+    }
+
+    #[test]
+    fn header_text_is_the_serialized_header_json() {
+        let mut chain = chain(0);
+        build(&mut chain, 300);
+        let mut headers: Vec<Header> = (0..=300).map(|n| chain.header(n).unwrap()).collect();
+        headers.push(Header {
+            parent_hash: BlockHash([0xAB; 32]),
+            number: u64::MAX,
+            state_root: [0; 32],
+            extrinsics_root: [0xFF; 32],
+        });
+        for header in headers {
+            assert_eq!(
+                header.to_json_text(),
+                serde_json::to_string(&header.to_json()).unwrap(),
+                "block {}",
+                header.number
+            );
+        }
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! dies, and the server side sees end-of-stream and cleans up. No proxy hop sits in the data path.
 //!
 //! Writes to a client go through [`write_behind`], which gathers the server's per-message flushes
-//! into few system calls.
+//! into few system calls; the node's subscription tasks add their notifications there directly.
 
 mod write_behind;
+
+pub use write_behind::{Injector, Watched};
 
 use std::collections::HashMap;
 use std::io;
@@ -39,21 +41,40 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Live client connections by id (the id jsonrpsee also reports as the `ConnectionId`).
 #[derive(Debug, Default)]
 pub struct Connections {
-    live: Mutex<HashMap<usize, std::net::TcpStream>>,
+    live: Mutex<HashMap<usize, Live>>,
+}
+
+/// What the registry keeps of a connection: a duplicate of its socket (to drop it) and the way
+/// into its writes (for notifications).
+#[derive(Debug)]
+struct Live {
+    socket: std::net::TcpStream,
+    injector: Injector,
 }
 
 impl Connections {
     /// Registers an accepted connection; the returned stream unregisters it when dropped.
     pub fn track(self: &Arc<Self>, id: usize, stream: TcpStream) -> io::Result<Tracked> {
-        let duplicate = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
-        self.live.lock().unwrap().insert(id, duplicate);
+        let socket = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
         let (read, write) = stream.into_split();
+        let write = WriteBehind::spawn(write);
+        let injector = write.injector();
+        self.live
+            .lock()
+            .unwrap()
+            .insert(id, Live { socket, injector });
         Ok(Tracked {
             read,
-            write: WriteBehind::spawn(write),
+            write,
             id,
             registry: Arc::clone(self),
         })
+    }
+
+    /// The way into connection `id`'s writes, while it is open.
+    pub fn injector(&self, id: usize) -> Option<Injector> {
+        let live = self.live.lock().unwrap();
+        live.get(&id).map(|l| l.injector.clone())
     }
 
     /// Shuts down every live connection except `spare` (the caller's own, so it gets its answer).
@@ -66,8 +87,8 @@ impl Connections {
             .filter(|id| Some(*id) != spare)
             .collect();
         for id in &doomed {
-            if let Some(socket) = live.remove(id) {
-                let _ = socket.shutdown(Shutdown::Both);
+            if let Some(doomed) = live.remove(id) {
+                let _ = doomed.socket.shutdown(Shutdown::Both);
             }
         }
         doomed.len()
@@ -168,5 +189,52 @@ pub async fn serve(
                 tracing::debug!(%error, connection = id, "connection ended");
             }
         });
+    }
+}
+
+/// Appends one unmasked, final WebSocket text frame (RFC 6455 §5.2), as a server sends it, whose
+/// payload is `parts` one after another.
+pub fn push_text_frame(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    const FIN_TEXT: u8 = 0x81;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.reserve(len + 10);
+    out.push(FIN_TEXT);
+    match len {
+        n if n < 126 => out.push(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_frames_carry_the_length_in_the_smallest_form() {
+        let mut out = Vec::new();
+        push_text_frame(&mut out, &[b"ab", b"c"]);
+        assert_eq!(out, b"\x81\x03abc");
+        for (len, head) in [
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xFF, 0xFF]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let payload = vec![b'x'; len];
+            let mut out = Vec::new();
+            push_text_frame(&mut out, &[&payload[..len / 2], &payload[len / 2..]]);
+            assert_eq!(&out[..head.len()], &head[..], "{len} bytes");
+            assert_eq!(&out[head.len()..], &payload[..], "{len} bytes");
+        }
     }
 }

@@ -5,13 +5,18 @@
 //! finalized heads: the next finality move; storage: the next block) and sends everything past
 //! it, so a slow client delays only itself, nothing is dropped, and nothing is buffered beyond
 //! what the chain already holds.
-//! Recent header JSON is cached, so a hundred subscribers cost one serialization per block, and each
-//! notification is serialized around the shared header without copying it first.
+//! Recent header JSON is cached, so a hundred subscribers cost one serialization per block. Each
+//! notification is framed around the shared header straight into its connection's writes
+//! ([`crate::net::Injector`]): jsonrpsee answers the subscription calls (accept, unsubscribe, errors),
+//! fake-node writes the notifications, the same bytes jsonrpsee would write.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use jsonrpsee::server::{PendingSubscriptionSink, RpcModule, SubscriptionMessage};
+use jsonrpsee::server::{
+    PendingSubscriptionSink, RpcModule, SubscriptionMessage, SubscriptionSink,
+};
+use jsonrpsee::types::response::{SubscriptionPayload, SubscriptionResponse};
 use jsonrpsee::types::SubscriptionId;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -20,6 +25,7 @@ use super::params::injected;
 use super::{Inner, Shared};
 use crate::chain::Chain;
 use crate::fault::FaultMode;
+use crate::net::{push_text_frame, Injector, Watched};
 
 /// How many notifications a subscription task takes per lock.
 pub(super) const BATCH: usize = 64;
@@ -33,7 +39,9 @@ pub(super) struct HeaderCache {
 }
 
 impl HeaderCache {
-    const SLOTS: usize = 2048;
+    /// Subscribers on loopback can drift apart by what their socket buffers hold (thousands of
+    /// notifications); a smaller cache made the node render most headers several times.
+    const SLOTS: usize = 8192;
 
     fn get(&mut self, chain: &Chain, number: u64) -> Option<Arc<RawValue>> {
         if self.slots.is_empty() {
@@ -53,7 +61,7 @@ impl HeaderCache {
 
 pub(super) fn header_json(chain: &Chain, number: u64) -> Option<Box<RawValue>> {
     let header = chain.header(number)?;
-    Some(serde_json::value::to_raw_value(&header.to_json()).expect("header JSON serializes"))
+    Some(RawValue::from_string(header.to_json_text()).expect("header text is JSON"))
 }
 
 /// Which head stream a subscription follows.
@@ -153,10 +161,21 @@ pub(super) async fn follow(
         pending.reject(injected(&shared, method)).await;
         return;
     }
+    let direct = Direct::prepare(&shared, &pending);
     let Ok(sink) = pending.accept().await else {
         return;
     };
-    let id = sink.subscription_id();
+    let mut outlet = match direct {
+        Some((direct, accepted)) => {
+            // The answer naming the subscription goes out first, as from jsonrpsee.
+            tokio::select! {
+                seen = accepted.seen() => if seen.is_err() { return },
+                _ = sink.closed() => return,
+            }
+            Outlet::Direct(direct)
+        }
+        None => Outlet::Sink,
+    };
     let mut changed = shared.changed.subscribe();
     let (mut batch, mut mode) = {
         let mut inner = shared.lock();
@@ -164,22 +183,8 @@ pub(super) async fn follow(
     };
     let mut caught_up = false;
     loop {
-        for json in batch.drain(..) {
-            let message = match mode {
-                FaultMode::Garbage | FaultMode::NonHex => serde_json::value::to_raw_value(
-                    &mode.corrupt(Value::Object(Default::default())),
-                )
-                .expect("garbage serializes")
-                .into(),
-                _ => json,
-            };
-            // The same bytes jsonrpsee builds from `sink.send(result)`, serialized straight from
-            // the shared header instead of from a copy of it.
-            let message = SubscriptionMessage::new(sink.method_name(), borrowed(&id), &&*message)
-                .expect("raw JSON serializes");
-            if sink.send(message).await.is_err() {
-                return;
-            }
+        if outlet.send(&sink, &mut batch, mode).await.is_err() {
+            return;
         }
         // Caught up when the batch was read: wait for the chain to change. A change since that
         // read was marked before it, so the wait then returns at once.
@@ -195,6 +200,135 @@ pub(super) async fn follow(
             let mut inner = shared.lock();
             (inner.node.fault(method), feed.next(&mut inner, &mut batch))
         };
+    }
+}
+
+/// Where a subscription's notifications go.
+enum Outlet {
+    /// Framed here, straight into the connection's writes.
+    Direct(Direct),
+    /// Through jsonrpsee's sink: for a connection the registry does not know, or a numeric
+    /// subscription id (which could not be told apart in the server's answers).
+    Sink,
+}
+
+/// The subscription was closed (unsubscribed, or its connection is gone).
+struct Closed;
+
+impl Outlet {
+    /// Sends (and drains) one batch of notifications, each as its own message.
+    async fn send(
+        &mut self,
+        sink: &SubscriptionSink,
+        batch: &mut Vec<Arc<RawValue>>,
+        mode: FaultMode,
+    ) -> Result<(), Closed> {
+        match self {
+            Outlet::Direct(direct) => {
+                if sink.is_closed() {
+                    return Err(Closed);
+                }
+                let envelope = &direct.envelope;
+                let sent = direct.injector.send(|out| {
+                    for json in batch.drain(..) {
+                        let result = faulted(mode, json);
+                        push_text_frame(
+                            out,
+                            &[
+                                envelope.prefix(),
+                                result.get().as_bytes(),
+                                envelope.suffix(),
+                            ],
+                        );
+                    }
+                });
+                sent.await.map_err(|_| Closed)
+            }
+            Outlet::Sink => {
+                let id = sink.subscription_id();
+                for json in batch.drain(..) {
+                    let result = faulted(mode, json);
+                    // The same bytes jsonrpsee builds from `sink.send(result)`, serialized straight
+                    // from the shared header instead of from a copy of it.
+                    let message =
+                        SubscriptionMessage::new(sink.method_name(), borrowed(&id), &&*result)
+                            .expect("raw JSON serializes");
+                    sink.send(message).await.map_err(|_| Closed)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A notification's result under the method's fault: the shared header, or garbage.
+fn faulted(mode: FaultMode, json: Arc<RawValue>) -> Arc<RawValue> {
+    match mode {
+        FaultMode::Garbage | FaultMode::NonHex => {
+            serde_json::value::to_raw_value(&mode.corrupt(Value::Object(Default::default())))
+                .expect("garbage serializes")
+                .into()
+        }
+        _ => json,
+    }
+}
+
+/// The direct way for one subscription's notifications into its connection.
+struct Direct {
+    injector: Injector,
+    envelope: Envelope,
+}
+
+impl Direct {
+    /// Before the subscription is accepted: finds its connection and watches the server's
+    /// messages for the subscription id, which the acceptance answer carries.
+    fn prepare(shared: &Shared, pending: &PendingSubscriptionSink) -> Option<(Self, Watched)> {
+        let id = pending.subscription_id();
+        if !matches!(id, SubscriptionId::Str(_)) {
+            return None;
+        }
+        let injector = shared.conns.injector(pending.connection_id().0)?;
+        let quoted = serde_json::to_vec(&id).expect("subscription id serializes");
+        let accepted = injector.watch(&quoted);
+        let envelope = Envelope::new(pending.method_name(), &id);
+        Some((Direct { injector, envelope }, accepted))
+    }
+}
+
+/// A notification's JSON around its result, rendered once per subscription:
+/// `{"jsonrpc":"2.0","method":M,"params":{"subscription":ID,"result":` … `}}`, the bytes
+/// jsonrpsee writes.
+struct Envelope {
+    text: String,
+    /// Where the result goes in `text`.
+    at: usize,
+}
+
+impl Envelope {
+    fn new(method: &str, id: &SubscriptionId<'_>) -> Self {
+        const PLACEHOLDER: &str = "null";
+        let placeholder = RawValue::from_string(PLACEHOLDER.into()).expect("null is JSON");
+        let text = serde_json::to_string(&SubscriptionResponse::new(
+            method.into(),
+            SubscriptionPayload {
+                subscription: borrowed(id),
+                result: placeholder,
+            },
+        ))
+        .expect("notification serializes");
+        let at = text
+            .rfind(PLACEHOLDER)
+            .expect("the result is the last member");
+        let text = format!("{}{}", &text[..at], &text[at + PLACEHOLDER.len()..]);
+        Envelope { text, at }
+    }
+
+    fn prefix(&self) -> &[u8] {
+        &self.text.as_bytes()[..self.at]
+    }
+
+    fn suffix(&self) -> &[u8] {
+        &self.text.as_bytes()[self.at..]
     }
 }
 
@@ -275,6 +409,32 @@ pub(super) fn register(module: &mut RpcModule<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_envelope_around_a_result_is_what_jsonrpsee_writes() {
+        let header = RawValue::from_string(r#"{"number":"0x1","note":"null"}"#.into()).unwrap();
+        for id in [
+            SubscriptionId::Str(Cow::Owned("aBcD1234efGH5678".to_string())),
+            SubscriptionId::Str(Cow::Owned("null".to_string())),
+        ] {
+            let envelope = Envelope::new("chain_finalizedHead", &id);
+            let framed = [
+                envelope.prefix(),
+                header.get().as_bytes(),
+                envelope.suffix(),
+            ]
+            .concat();
+            let expected = serde_json::to_string(&SubscriptionResponse::new(
+                "chain_finalizedHead".into(),
+                SubscriptionPayload {
+                    subscription: id.clone(),
+                    result: &*header,
+                },
+            ))
+            .unwrap();
+            assert_eq!(String::from_utf8(framed).unwrap(), expected);
+        }
+    }
 
     #[test]
     fn a_borrowed_subscription_id_serializes_as_the_original() {
