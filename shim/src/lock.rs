@@ -65,6 +65,8 @@ mod fence;
 mod file;
 mod holder;
 mod lease;
+mod lease_machine;
+mod pacing;
 mod pg_config;
 #[cfg(test)]
 mod pg_tests;
