@@ -397,12 +397,10 @@ impl LeaseMachine {
             Job::None => return None,
             Job::Attempt(attempt) => attempt_op(attempt, connection),
             Job::Renewal(renewal) => renewal_op(renewal, connection, &policy),
-            Job::Release(_) => None,
-        };
-        let op = if matches!(self.job, Job::Release(_)) {
-            self.release_op()
-        } else {
-            op
+            Job::Release(step) => {
+                let step = *step;
+                Some(self.release_op(step))
+            }
         };
         self.in_flight = op.is_some();
         op
@@ -506,7 +504,7 @@ impl LeaseMachine {
                 self.forget();
             }
             // Given back (or got after a cancel): nothing ran on it, so release at once.
-            None => self.job = Job::Release(ReleaseStep::Connection),
+            None => self.next_release_step(),
         }
     }
 
@@ -565,6 +563,8 @@ impl LeaseMachine {
     /// see `fence.rs`).
     fn lose(&mut self, serial: u64, reason: String, kill_by: BootInstant) {
         self.held = None;
+        // The handle's phase goes idle with the loss: nothing more is held for it.
+        self.want = Want::Nothing;
         self.linger_until = Some(kill_by + self.policy.renew);
         self.events.push_back(Event::Lost {
             serial,
@@ -682,6 +682,7 @@ impl LeaseMachine {
                 if err.kind == ErrorKind::Fatal {
                     // Whatever a partial attempt got goes with the session.
                     self.forget();
+                    self.want = Want::Nothing;
                     self.events.push_back(Event::Failed {
                         serial,
                         error: err.message,
@@ -720,6 +721,9 @@ impl LeaseMachine {
             last_attempt: sent,
             last_error: None,
         });
+        // Until the handle says otherwise (it may have cancelled meanwhile), it holds: no further
+        // attempt for this acquisition.
+        self.want = Want::Hold { serial };
         self.events.push_back(Event::Granted {
             serial,
             epoch,
@@ -800,16 +804,11 @@ impl LeaseMachine {
                 self.events
                     .push_back(Event::ReleaseFailed { error: err.message });
                 self.holds_lease = false;
-                self.job = Job::Release(ReleaseStep::Unlock);
             }
             (ReleaseStep::Connection, outcome) => {
                 self.connection_done(&outcome);
-                self.job = Job::Release(ReleaseStep::Connection);
             }
-            (ReleaseStep::ReleaseLease, _) => {
-                self.holds_lease = false;
-                self.job = Job::Release(ReleaseStep::Unlock);
-            }
+            (ReleaseStep::ReleaseLease, _) => self.holds_lease = false,
             (ReleaseStep::Unlock, outcome) => {
                 if matches!(outcome, Outcome::Failed(_)) {
                     // Closing the session frees the advisory lock whatever state it is in.
@@ -818,36 +817,33 @@ impl LeaseMachine {
                 self.holds_advisory = false;
             }
         }
+        self.next_release_step();
     }
 
-    /// The operation a release needs now: the lease over a (new, if need be) session, then the
-    /// advisory lock on the session that took it; `None` once done.
-    fn release_op(&mut self) -> Option<Op> {
-        let Job::Release(step) = self.job else {
-            return None;
-        };
-        let lease = self.policy.uses_lease && self.holds_lease;
-        let op = match step {
-            ReleaseStep::Connection if lease => match self.connection_op() {
-                Some(op) => Some(op),
-                None => {
-                    self.job = Job::Release(ReleaseStep::ReleaseLease);
-                    Some(Op::ReleaseLease)
-                }
-            },
-            ReleaseStep::ReleaseLease if lease => Some(Op::ReleaseLease),
-            _ if self.holds_advisory && self.connected => {
-                self.job = Job::Release(ReleaseStep::Unlock);
-                Some(Op::UnlockAdvisory)
+    /// What a release does next: the lease over a (new, if need be) session, then the advisory
+    /// lock on the session that took it; done when neither is held.
+    fn next_release_step(&mut self) {
+        self.job = if self.policy.uses_lease && self.holds_lease {
+            if self.connection_op().is_some() {
+                Job::Release(ReleaseStep::Connection)
+            } else {
+                Job::Release(ReleaseStep::ReleaseLease)
             }
-            _ => None,
-        };
-        if op.is_none() {
+        } else if self.holds_advisory && self.connected {
+            Job::Release(ReleaseStep::Unlock)
+        } else {
             self.holds_lease = false;
             self.holds_advisory = false;
-            self.job = Job::None;
+            Job::None
+        };
+    }
+
+    fn release_op(&self, step: ReleaseStep) -> Op {
+        match step {
+            ReleaseStep::Connection => self.connection_op().unwrap_or(Op::ReleaseLease),
+            ReleaseStep::ReleaseLease => Op::ReleaseLease,
+            ReleaseStep::Unlock => Op::UnlockAdvisory,
         }
-        op
     }
 }
 

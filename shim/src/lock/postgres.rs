@@ -209,7 +209,7 @@ async fn sleep_until(timer: &mut BootTimer, deadline: Option<BootInstant>) {
 }
 
 /// What the phase asks of the worker now.
-fn desire(phase: &mut Phase) -> Want {
+pub(super) fn desire(phase: &mut Phase) -> Want {
     match phase {
         Phase::Waiting { want: Some(want) } => Want::Acquire {
             serial: want.serial,
@@ -227,7 +227,7 @@ fn desire(phase: &mut Phase) -> Want {
 
 /// Carries out one of the machine's events: to the handle if it still wants it, to the log for
 /// the operator. False only for a `Lost` the handle did not hear (it gave the lock back first).
-fn deliver(phase: &mut Phase, event: Event, config: &PgLockConfig) -> bool {
+pub(super) fn deliver(phase: &mut Phase, event: Event, config: &PgLockConfig) -> bool {
     match event {
         Event::Waiting { serial, holder } => {
             if let Phase::Waiting { want: Some(want) } = &*phase {
