@@ -121,8 +121,12 @@ pub(super) enum Outcome {
     Done,
     Answer(bool),
     Holder(Option<HolderInfo>),
-    LeaseTaken { epoch: u64 },
-    LeaseBusy { holder: Option<HolderInfo> },
+    LeaseTaken {
+        epoch: u64,
+    },
+    LeaseBusy {
+        holder: Option<HolderInfo>,
+    },
     /// The operation failed or ran out of time; `kind` says whether retrying can help.
     Failed(DbError),
 }
@@ -227,8 +231,12 @@ enum ReleaseStep {
 /// What an acquisition attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Found {
-    Got { epoch: Option<u64> },
-    Busy { holder: Option<HolderInfo> },
+    Got {
+        epoch: Option<u64>,
+    },
+    Busy {
+        holder: Option<HolderInfo>,
+    },
     /// Just taken, not to be used yet (see [`ADVISORY_SETTLE`]).
     Settling,
     Error(DbError),
@@ -257,6 +265,10 @@ pub(super) struct LeaseMachine {
     in_flight: bool,
     /// No acquisition attempt before this (after a busy or failed one); a wake ends it early.
     pause_until: Option<BootInstant>,
+    /// A lease release whose answer never came may still land until then (a retransmitted
+    /// packet on its old session) and end a lease taken again since: no grant of the lease
+    /// before it.
+    stale_release_until: Option<BootInstant>,
     events: VecDeque<Event>,
     waiting: WaitReport,
     unreachable: Backoff,
@@ -278,12 +290,10 @@ impl LeaseMachine {
             job: Job::None,
             in_flight: false,
             pause_until: None,
+            stale_release_until: None,
             events: VecDeque::new(),
             waiting: WaitReport::new(0),
-            unreachable: Backoff::new(
-                policy.renew,
-                UNREACHABLE_BACKOFF_MAX.max(policy.renew),
-            ),
+            unreachable: Backoff::new(policy.renew, UNREACHABLE_BACKOFF_MAX.max(policy.renew)),
             unreachable_log: Pacer::new(),
         }
     }
@@ -326,7 +336,7 @@ impl LeaseMachine {
             Job::None => {}
             Job::Attempt(attempt) => self.attempt_outcome(now, attempt, outcome),
             Job::Renewal(renewal) => self.renewal_outcome(now, renewal, Some(outcome)),
-            Job::Release(step) => self.release_outcome(step, outcome),
+            Job::Release(step) => self.release_outcome(now, step, outcome),
         }
         self.advance(now);
     }
@@ -664,7 +674,14 @@ impl LeaseMachine {
             Found::Got { epoch } => {
                 self.unreachable.reset();
                 self.unreachable_log.reset();
-                self.grant(now, serial, attempt.sent, epoch);
+                match self.stale_release_until.filter(|until| now < *until) {
+                    // Ours, but an old release may still end it: look again once it cannot.
+                    Some(until) if epoch.is_some() => self.pause_until = Some(until),
+                    _ => {
+                        self.stale_release_until = None;
+                        self.grant(now, serial, attempt.sent, epoch);
+                    }
+                }
             }
             Found::Settling => {
                 self.pause_until = Some(now + ADVISORY_SETTLE.min(self.policy.renew));
@@ -798,9 +815,14 @@ impl LeaseMachine {
         self.fence_check(now);
     }
 
-    fn release_outcome(&mut self, step: ReleaseStep, outcome: Outcome) {
+    fn release_outcome(&mut self, now: BootInstant, step: ReleaseStep, outcome: Outcome) {
         match (step, outcome) {
             (ReleaseStep::Connection | ReleaseStep::ReleaseLease, Outcome::Failed(err)) => {
+                if step == ReleaseStep::ReleaseLease {
+                    // Sent, but whether and when the database runs it is unknown. Messages
+                    // arrive within a lease or never (see `conn.rs`: `tcp_user_timeout`).
+                    self.stale_release_until = Some(now + self.policy.lease);
+                }
                 self.events
                     .push_back(Event::ReleaseFailed { error: err.message });
                 self.holds_lease = false;

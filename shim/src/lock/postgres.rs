@@ -127,8 +127,7 @@ impl Task {
     async fn run(mut self) {
         loop {
             if let Some(why) = self.db.session_ended() {
-                self.machine
-                    .handle_session_ended(BootInstant::now(), &why);
+                self.machine.handle_session_ended(BootInstant::now(), &why);
             }
             self.sync();
             if self.machine.settled() {
@@ -258,7 +257,9 @@ pub(super) fn deliver(phase: &mut Phase, event: Event, config: &PgLockConfig) ->
                 other => *want = other,
             }
         }
-        Event::Renewed { usable_until: until } => {
+        Event::Renewed {
+            usable_until: until,
+        } => {
             if let Phase::Held(Holding::Database { usable_until, .. }) = phase {
                 *usable_until = until;
             }
@@ -269,7 +270,9 @@ pub(super) fn deliver(phase: &mut Phase, event: Event, config: &PgLockConfig) ->
             kill_by,
         } => {
             let Phase::Held(Holding::Database {
-                serial: held, events, ..
+                serial: held,
+                events,
+                ..
             }) = &*phase
             else {
                 return false;
@@ -395,7 +398,12 @@ impl Db {
         Ok(match op {
             Op::Connect | Op::Disconnect => Outcome::Done,
             Op::EnsureTable => {
-                within(budget, "creating the lease table", Lease::ensure_table(conn)).await?;
+                within(
+                    budget,
+                    "creating the lease table",
+                    Lease::ensure_table(conn),
+                )
+                .await?;
                 Outcome::Done
             }
             Op::NameSession(me) => {

@@ -140,7 +140,12 @@ fn a_renewal_unanswered_at_the_deadline_is_given_up_and_the_lock_lost_with_a_kil
 fn a_failed_renewal_is_reported_and_the_next_one_follows_a_renew_later() {
     let mut m = holding_lease();
     m.handle_timeout(at(1000));
-    answer(&mut m, at(1100), Op::RenewLease, failure(ErrorKind::Transient));
+    answer(
+        &mut m,
+        at(1100),
+        Op::RenewLease,
+        failure(ErrorKind::Transient),
+    );
     assert_eq!(
         events(&mut m),
         [Event::RenewalFailed {
@@ -286,7 +291,12 @@ fn a_lock_given_back_is_released_at_once_and_then_settled() {
 fn a_release_that_fails_says_the_lease_runs_out_by_itself() {
     let mut m = holding_lease();
     m.handle_want(at(100), Want::Nothing);
-    answer(&mut m, at(101), Op::ReleaseLease, failure(ErrorKind::Transient));
+    answer(
+        &mut m,
+        at(101),
+        Op::ReleaseLease,
+        failure(ErrorKind::Transient),
+    );
     assert_eq!(
         events(&mut m),
         [Event::ReleaseFailed {
@@ -354,7 +364,12 @@ fn a_free_advisory_lock_settles_before_it_is_granted() {
     assert_eq!(m.poll_timeout(), Some(at(253)));
     m.handle_timeout(at(253));
     answer(&mut m, at(254), Op::NameSession(me()), Outcome::Done);
-    answer(&mut m, at(255), Op::CheckAdvisoryLock, Outcome::Answer(true));
+    answer(
+        &mut m,
+        at(255),
+        Op::CheckAdvisoryLock,
+        Outcome::Answer(true),
+    );
     assert!(matches!(
         &events(&mut m)[..],
         [Event::Granted { epoch: None, usable_until, .. }] if *usable_until == at(2753)
@@ -370,7 +385,12 @@ fn a_busy_advisory_lock_names_its_holder_from_the_lease_row_first_in_dual_mode()
     answer(&mut m, at(3), Op::NameSession(me()), Outcome::Done);
     answer(&mut m, at(4), Op::TryAdvisoryLock, Outcome::Answer(false));
     answer(&mut m, at(5), Op::ReadLeaseHolder, Outcome::Holder(None));
-    answer(&mut m, at(6), Op::ReadAdvisoryHolder, Outcome::Holder(other()));
+    answer(
+        &mut m,
+        at(6),
+        Op::ReadAdvisoryHolder,
+        Outcome::Holder(other()),
+    );
     assert_eq!(
         events(&mut m),
         [Event::Waiting {
@@ -389,7 +409,12 @@ fn an_advisory_holder_whose_session_ends_loses_at_once() {
     answer(&mut m, at(3), Op::TryAdvisoryLock, Outcome::Answer(true));
     m.handle_timeout(at(253));
     answer(&mut m, at(254), Op::NameSession(me()), Outcome::Done);
-    answer(&mut m, at(255), Op::CheckAdvisoryLock, Outcome::Answer(true));
+    answer(
+        &mut m,
+        at(255),
+        Op::CheckAdvisoryLock,
+        Outcome::Answer(true),
+    );
     events(&mut m);
     m.handle_want(at(255), Want::Hold { serial: 1 });
     m.handle_session_ended(at(700), "the server closed the connection");
@@ -430,4 +455,31 @@ fn dual_mode_renews_with_the_lease_and_takes_the_lease_after_the_advisory_lock()
     answer(&mut m, at(1004), Op::UnlockAdvisory, Outcome::Done);
     assert_eq!(m.poll_op(), None);
     assert!(m.settled());
+}
+
+#[test]
+fn after_a_release_that_went_unanswered_the_lease_is_granted_again_only_once_it_cannot_land() {
+    let mut m = holding_lease();
+    m.handle_want(at(100), Want::Nothing);
+    // Given up on: the database may still run it later, over its old session.
+    answer(
+        &mut m,
+        at(1100),
+        Op::ReleaseLease,
+        failure(ErrorKind::Transient),
+    );
+    assert!(matches!(&events(&mut m)[..], [Event::ReleaseFailed { .. }]));
+    m.handle_want(at(1200), acquire(2));
+    answer(&mut m, at(1201), Op::NameSession(me()), Outcome::Done);
+    let taken = Outcome::LeaseTaken { epoch: 3 };
+    answer(&mut m, at(1202), Op::TakeLease(me()), taken.clone());
+    assert_eq!(events(&mut m), []);
+    assert_eq!(m.poll_timeout(), Some(at(6100)));
+    m.handle_timeout(at(6100));
+    answer(&mut m, at(6101), Op::NameSession(me()), Outcome::Done);
+    answer(&mut m, at(6102), Op::TakeLease(me()), taken);
+    assert!(matches!(
+        &events(&mut m)[..],
+        [Event::Granted { serial: 2, usable_until, .. }] if *usable_until == at(6100 + 2500)
+    ));
 }
