@@ -838,3 +838,14 @@ fn a_postgres_lock_outside_a_runtime_fails_instead_of_hanging() {
     }
     assert!(!lock.is_held());
 }
+
+#[tokio::test]
+async fn a_holder_keeps_renewing_a_short_lease() {
+    let name = unique_name("lease-short");
+    let opts = options(LockMode::Lease, &name, MS(1000), MS(200));
+    let mut holder = pg_lock(&opts);
+    let (_, mut events) = granted(&mut holder, me(601, "1.0.0")).await;
+    let quiet = tokio::time::timeout(MS(3000), events.recv()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+    assert!(holder.is_held() && holder.usable());
+}
