@@ -691,6 +691,22 @@ impl Shell {
 
     /// Spawns the engine; a failure to spawn comes back as an exit, so it is retried with back-off.
     fn start(&mut self, engine: EngineId, block: BlockRef) -> Result<(), Event> {
+        if !self.lock.usable() {
+            // A start comes after the grant (a release change, a restart): by now its renew
+            // deadline may have passed (this process was paused) or its loss be on the way, and
+            // the database may have let another holder in. The loss follows; then the lock is
+            // asked for again before the next start.
+            let status = format!(
+                "not started: the lock {} is past its renewal deadline (was this process paused?)",
+                self.lock.spec()
+            );
+            warn!(engine_version = %self.engines[engine].covers.newest(), "engine {}: {status}", self.engines[engine].covers);
+            return Err(Event::ChildExited {
+                engine,
+                uptime: Duration::ZERO,
+                status,
+            });
+        }
         let mut spec = self.engines[engine].launch_spec(block, self.lock_epoch);
         // The engine shares the lock, so it is held until the engine itself is gone, even if the
         // shim dies first (see the lock module).

@@ -19,7 +19,10 @@
 //!   engine is counted as running again (the engine's first instants after a resume are what the
 //!   epoch handed downstream is for);
 //! - the run loop asks for the lock, gives it back (after its engine is reaped), cancels, and on
-//!   `Lost` kills its engine by `kill_by` (counted as alive until then).
+//!   `Lost` kills its engine by `kill_by` (counted as alive until then); while holding, it stops
+//!   its engine and starts another on the same grant any time later (a release change, a
+//!   restart), only while the grant is usable (`run.rs`: `start`). The run loop and the lock's
+//!   task are separate threads, so on resume the run loop's pending work may go first.
 //!
 //! Checked after every step: **never two engines running at once**; in lease and dual modes, a
 //! running engine's shim holds an unexpired lease by the database's clock, and so does every shim
@@ -67,6 +70,8 @@ struct Bounds {
     /// How long a session's end (server restart) takes to reach its client.
     notice_ms: u64,
     run_ms: u64,
+    /// A start on a grant held for a while checks that it is still usable, as `run.rs` does.
+    start_checks_usable: bool,
 }
 
 impl Bounds {
@@ -82,6 +87,7 @@ impl Bounds {
             cuts: mode != LockMode::Advisory,
             notice_ms: 200,
             run_ms: 120_000,
+            start_checks_usable: true,
         }
     }
 }
@@ -174,6 +180,10 @@ enum Ev {
     Gate {
         node: usize,
     },
+    /// The shell looks at what is pending (after a resume).
+    Shell {
+        node: usize,
+    },
     Kill {
         node: usize,
         serial: u64,
@@ -204,6 +214,7 @@ impl Ev {
             | Ev::Budget { node, .. }
             | Ev::Closed { node, .. }
             | Ev::Gate { node }
+            | Ev::Shell { node }
             | Ev::Kill { node, .. } => Some(*node),
             _ => None,
         }
@@ -431,6 +442,7 @@ impl World {
                 let next = 200 + self.rng.below(8000);
                 self.after_ms(next, Ev::Gate { node });
             }
+            Ev::Shell { node } => self.shell(node),
             Ev::Kill { node, serial } => {
                 if self.nodes[node].engine == Some(serial) {
                     self.note(format!("shim {node}: engine of grant {serial} killed"));
@@ -446,10 +458,30 @@ impl World {
             Ev::Resume { node } => {
                 self.note(format!("shim {node}: resumed"));
                 self.nodes[node].paused = false;
-                for ev in std::mem::take(&mut self.nodes[node].deferred) {
-                    self.handle(ev);
+                // The run loop and the lock's task are separate threads: on resume either may act
+                // first, so the run loop's pending work sometimes goes ahead of the shell's timer.
+                let deferred = std::mem::take(&mut self.nodes[node].deferred);
+                let (gates, others): (Vec<Ev>, Vec<Ev>) = deferred
+                    .into_iter()
+                    .partition(|ev| matches!(ev, Ev::Gate { .. }));
+                // An engine that was paused with the host is not counted before the shell has
+                // handled what is pending (see the module docs); one the run loop starts after
+                // the resume is.
+                if !gates.is_empty() && self.nodes[node].engine.is_none() && self.rng.chance(50) {
+                    // The run loop first; the shell's work follows as a step of its own.
+                    for ev in gates {
+                        self.handle(ev);
+                    }
+                    for ev in others {
+                        self.at(self.now, ev);
+                    }
+                    self.at(self.now, Ev::Shell { node });
+                } else {
+                    for ev in gates.into_iter().chain(others) {
+                        self.handle(ev);
+                    }
+                    self.shell(node);
                 }
-                self.shell(node);
                 let next = self.rng.below(self.bounds.run_ms / 2);
                 self.after_ms(next, Ev::Pause { node });
             }
@@ -832,6 +864,17 @@ impl World {
                 n.wake = true;
                 self.note(format!("shim {node}: engine stopped, lock given back"));
             }
+            // A release change: the engine stops and another starts on the same grant, any time
+            // later (after a head check, a restart back-off, or a pause of the whole host).
+            Phase::Held(_) if roll < 50 && !no_engine => {
+                n.engine = None;
+                self.note(format!("shim {node}: engine stopped, lock kept"));
+                return;
+            }
+            Phase::Held(_) if no_engine => {
+                self.start_on_held(node);
+                return;
+            }
             Phase::Waiting { want } if want.is_some() && roll < 10 => {
                 *want = None;
                 n.wake = true;
@@ -840,6 +883,27 @@ impl World {
         }
         if self.nodes[node].req.is_none() {
             self.shell(node);
+        }
+    }
+
+    /// `run.rs`'s `start` on a lock already held: the engine starts only while the grant is
+    /// usable; past its renew deadline nothing starts, and the loss the shell reports follows.
+    fn start_on_held(&mut self, node: usize) {
+        let now = self.local(node);
+        let n = &mut self.nodes[node];
+        let usable = !self.bounds.start_checks_usable
+            || matches!(&n.phase,
+                Phase::Held(Holding::Database { usable_until, .. }) if now < *usable_until);
+        let serial = n.serial;
+        if usable {
+            n.engine = Some(serial);
+            self.note(format!(
+                "shim {node}: engine starts again on grant {serial}"
+            ));
+        } else {
+            self.note(format!(
+                "shim {node}: grant {serial} past its deadline, no start"
+            ));
         }
     }
 
@@ -921,6 +985,17 @@ fn advisory_mode_never_lets_two_holders_act_at_once_when_session_ends_are_notice
 fn clocks_drifting_past_the_bound_let_two_holders_overlap() {
     let bounds = Bounds {
         drift_ppm: 150_000,
+        ..Bounds::documented(LockMode::Lease)
+    };
+    assert!(explore(bounds, 0..500).is_err());
+}
+
+/// The model has teeth: an engine started later on a held grant (after a release change or a
+/// restart) without checking the grant is still usable overlaps the next holder after a pause.
+#[test]
+fn a_start_on_a_grant_past_its_deadline_lets_two_holders_overlap() {
+    let bounds = Bounds {
+        start_checks_usable: false,
         ..Bounds::documented(LockMode::Lease)
     };
     assert!(explore(bounds, 0..500).is_err());
