@@ -6,7 +6,8 @@
 //! (`--shutdown-delay 0`). The start includes the control call's round trip, so the figure is an
 //! upper bound. The release then moves back and the engine restarts for the next round.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the end-to-end harness: each bench uses its own subset
 mod common;
 mod support;
 

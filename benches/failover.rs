@@ -14,7 +14,8 @@
 //! The failover and hand-off series run with the tests' lease 2 s / renew 400 ms. Needs the test
 //! cluster's environment (`scripts/pg-cluster`; `scripts/test` exports it before the benches).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the end-to-end harness: each bench uses its own subset
 mod common;
 mod support;
 

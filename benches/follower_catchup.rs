@@ -4,7 +4,8 @@
 //! while N blocks are built, then released in one jump: the follower must fill the whole gap, block
 //! by block, reading the release at each one.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the end-to-end harness: each bench uses its own subset
 mod common;
 mod support;
 

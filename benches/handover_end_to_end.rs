@@ -2,7 +2,8 @@
 //! engine running (its `start` event), in both layouts: one shim with both engines, and two shims
 //! handing over through the lock file. Reported as p50/p99 (see `handover.rs`).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the end-to-end harness: each bench uses its own subset
 mod common;
 mod handover;
 mod support;

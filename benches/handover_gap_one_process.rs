@@ -3,7 +3,8 @@
 //! `start` event minus the old engine's `stop` event (an upper bound of old engine reaped → new
 //! engine exec'd; see `handover.rs`).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the end-to-end harness: each bench uses its own subset
 mod common;
 mod handover;
 mod support;

@@ -4,7 +4,8 @@
 //! old shim reaping its engine and giving the lock back, and the new shim waking, taking the lock
 //! and starting its engine (see `handover.rs`).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the end-to-end harness: each bench uses its own subset
 mod common;
 mod handover;
 mod support;

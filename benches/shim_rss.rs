@@ -2,7 +2,8 @@
 //! at 24.9 MB with two children), measured after it has followed a few hundred finalized blocks,
 //! plus the engine's guardian (the shim's child that holds the lock for the engine's tree).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)] // the end-to-end harness: each bench uses its own subset
 mod common;
 mod support;
 

@@ -17,6 +17,7 @@
 //!   several blocks at once. Each move is recorded, so subscribers see exactly one notification
 //!   per move, skipping the blocks in between, like a real node's finalized stream.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
 use engine_shim::block::{BlockHash, BlockRef};
 use parity_scale_codec::{Compact, Encode};
+
+use crate::system_storage::SystemItem;
 
 /// Storage as the chain holds it: raw keys to raw values, sorted (so encoding is canonical).
 pub type StorageMap = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -90,15 +93,19 @@ struct Snapshot {
     storage: StorageMap,
     root: [u8; 32],
     spec_version: u32,
+    /// The keys the block that made this snapshot wrote (set or deleted), sorted; what
+    /// `state_subscribeStorage` reports for that block.
+    written: Vec<Vec<u8>>,
 }
 
 impl Snapshot {
-    fn new(storage: StorageMap, spec_version: u32) -> Self {
+    fn new(storage: StorageMap, spec_version: u32, written: Vec<Vec<u8>>) -> Self {
         let root = blake2_256(&storage.encode());
         Snapshot {
             storage,
             root,
             spec_version,
+            written,
         }
     }
 }
@@ -139,7 +146,7 @@ impl Chain {
     /// `runtime_key` is the storage key whose changes count as runtime upgrades; on Chainflip that
     /// is the release key, because a migration writes it in the first block of every new runtime.
     pub fn new(genesis: StorageMap, runtime_key: Vec<u8>, finality_lag: u64) -> Self {
-        let state = Arc::new(Snapshot::new(genesis, GENESIS_SPEC_VERSION));
+        let state = Arc::new(Snapshot::new(genesis, GENESIS_SPEC_VERSION, Vec::new()));
         let header = Header {
             parent_hash: BlockHash([0; 32]),
             number: 0,
@@ -179,15 +186,17 @@ impl Chain {
         } else {
             let mut storage = parent.state.storage.clone();
             let before = storage.get(&self.runtime_key).cloned();
+            let mut written = Vec::with_capacity(self.pending.len());
             for (key, value) in std::mem::take(&mut self.pending) {
                 match value {
-                    Some(value) => storage.insert(key, value),
+                    Some(value) => storage.insert(key.clone(), value),
                     None => storage.remove(&key),
                 };
+                written.push(key);
             }
             let upgraded = storage.get(&self.runtime_key) != before.as_ref();
             let spec_version = parent.state.spec_version + u32::from(upgraded);
-            Arc::new(Snapshot::new(storage, spec_version))
+            Arc::new(Snapshot::new(storage, spec_version, written))
         };
         let header = Header {
             parent_hash: parent.hash,
@@ -309,9 +318,43 @@ impl Chain {
 
     /// The value under `key` at block `number`: `None` if the block does not exist,
     /// `Some(None)` if the key has no value there.
-    pub fn storage_at(&self, number: u64, key: &[u8]) -> Option<Option<&[u8]>> {
+    ///
+    /// `System::Number`, `ParentHash` and `BlockHash` are computed here from the block (see
+    /// [`crate::system_storage`]); they win over any stored value under the same key, as a real
+    /// runtime rewrites them in every block.
+    pub fn storage_at(&self, number: u64, key: &[u8]) -> Option<Option<Cow<'_, [u8]>>> {
         let block = self.blocks.get(usize::try_from(number).ok()?)?;
-        Some(block.state.storage.get(key).map(Vec::as_slice))
+        if let Some(item) = SystemItem::from_key(key) {
+            let value = item.value_at(number, block.state.spec_version, |n| {
+                self.blocks[n as usize].hash
+            });
+            return Some(value.map(Cow::Owned));
+        }
+        Some(
+            block
+                .state
+                .storage
+                .get(key)
+                .map(|v| Cow::Borrowed(v.as_slice())),
+        )
+    }
+
+    /// The whole storage of block `number`, sorted by key.
+    pub fn storage(&self, number: u64) -> Option<&StorageMap> {
+        let block = self.blocks.get(usize::try_from(number).ok()?)?;
+        Some(&block.state.storage)
+    }
+
+    /// The keys block `number` wrote (set or deleted, even to the value they had), sorted:
+    /// a real node's storage-change notification for that block. Genesis wrote nothing.
+    pub fn written_keys(&self, number: u64) -> Option<&[Vec<u8>]> {
+        let index = usize::try_from(number).ok()?;
+        let block = self.blocks.get(index)?;
+        let parent = index.checked_sub(1).map(|p| &self.blocks[p]);
+        Some(match parent {
+            Some(parent) if !Arc::ptr_eq(&parent.state, &block.state) => &block.state.written,
+            _ => &[],
+        })
     }
 
     /// The runtime's specVersion at block `number`.
@@ -396,15 +439,15 @@ mod tests {
         let mut c = chain(0);
         build(&mut c, 2);
         c.set_storage([(KEY.to_vec(), Some(vec![1, 1, 0]))]);
-        assert_eq!(c.storage_at(2, KEY), Some(Some(&[1, 0, 0][..])));
+        assert_eq!(c.storage_at(2, KEY), Some(Some(Cow::from(&[1, 0, 0][..]))));
         build(&mut c, 1);
-        assert_eq!(c.storage_at(2, KEY), Some(Some(&[1, 0, 0][..])));
-        assert_eq!(c.storage_at(3, KEY), Some(Some(&[1, 1, 0][..])));
+        assert_eq!(c.storage_at(2, KEY), Some(Some(Cow::from(&[1, 0, 0][..]))));
+        assert_eq!(c.storage_at(3, KEY), Some(Some(Cow::from(&[1, 1, 0][..]))));
         c.set_storage([(KEY.to_vec(), None)]);
         build(&mut c, 1);
         assert_eq!(c.storage_at(4, KEY), Some(None));
-        assert_eq!(c.storage_at(3, KEY), Some(Some(&[1, 1, 0][..])));
-        assert_eq!(c.storage_at(0, KEY), Some(Some(&[1, 0, 0][..])));
+        assert_eq!(c.storage_at(3, KEY), Some(Some(Cow::from(&[1, 1, 0][..]))));
+        assert_eq!(c.storage_at(0, KEY), Some(Some(Cow::from(&[1, 0, 0][..]))));
     }
 
     #[test]
@@ -494,6 +537,39 @@ mod tests {
             })
         );
         assert_eq!(c.finalized().number, 3);
+    }
+
+    #[test]
+    fn system_items_read_as_the_runtime_wrote_them_without_changing_hashes() {
+        let mut c = chain(0);
+        let before = {
+            let mut plain = chain(0);
+            build(&mut plain, 3)
+        };
+        build(&mut c, 3);
+        assert_eq!(
+            c.best(),
+            before,
+            "computed items leave stateRoot and hashes alone"
+        );
+        let number = SystemItem::Number.key();
+        let parent = SystemItem::ParentHash.key();
+        assert_eq!(
+            c.storage_at(3, &number).unwrap().as_deref(),
+            Some(&[3, 0, 0, 0][..])
+        );
+        assert_eq!(c.storage_at(0, &number), Some(None));
+        assert_eq!(
+            c.storage_at(3, &parent).unwrap().as_deref(),
+            Some(&c.hash_of(2).unwrap().0[..])
+        );
+        let genesis_entry = SystemItem::BlockHash(0).key();
+        assert_eq!(
+            c.storage_at(2, &genesis_entry).unwrap().as_deref(),
+            Some(&c.hash_of(0).unwrap().0[..])
+        );
+        assert_eq!(c.storage_at(2, &SystemItem::BlockHash(2).key()), Some(None));
+        assert_eq!(c.storage_at(4, &number), None, "unknown block");
     }
 
     #[test]

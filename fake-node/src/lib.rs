@@ -3,7 +3,9 @@
     "Start one in-process with [`FakeNode::spawn`] and drive it through the returned ",
     "[`FakeNodeHandle`] (the same operations as the control RPC methods), or run the binary and ",
     "use the RPC. The layers: [`chain`] (blocks, storage, finality; pure), [`node`] (chain + ",
-    "scripted steps + flags; pure), [`scenario`] (TOML scripts), [`fault`] (injected faults), and ",
+    "scripted steps + flags; pure), [`scenario`] (TOML scripts), [`fault`] (injected faults), ",
+    "[`preset`] (chain identities), [`metadata`] and [`runtime`] (what clients decode and call; ",
+    "pure), [`system_storage`] (System items computed per block), and ",
     "a JSON-RPC shell around them.\n\n",
     "# Reference\n\n```text\n",
     include_str!("reference.txt"),
@@ -11,13 +13,18 @@
 )]
 
 pub mod chain;
+pub mod chain_head;
 pub mod double;
 pub mod fault;
+pub mod metadata;
 mod net;
 pub mod node;
+pub mod preset;
 mod rpc;
 pub mod runtime;
 pub mod scenario;
+pub mod storage_query;
+pub mod system_storage;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -32,6 +39,7 @@ use tokio::task::JoinHandle;
 pub use chain::{Header, StorageChange};
 pub use fault::FaultMode;
 pub use node::Status;
+pub use preset::ChainPreset;
 pub use rpc::{MAX_BLOCKS_PER_CALL, NODE_NAME};
 pub use scenario::{Scenario, Step};
 
@@ -59,6 +67,11 @@ pub struct FakeNodeConfig {
     pub finality_lag: u64,
     /// Scripted steps (from a scenario).
     pub steps: Vec<Step>,
+    /// The chain identity to present (`--chain`).
+    pub chain: ChainPreset,
+    /// A real chain's metadata to serve instead of fake-node's own (`--metadata`); load it with
+    /// [`metadata::parse_file`] or [`metadata::ServedMetadata::from_scale`].
+    pub metadata: Option<metadata::ServedMetadata>,
 }
 
 impl Default for FakeNodeConfig {
@@ -70,12 +83,15 @@ impl Default for FakeNodeConfig {
             block_time: Duration::ZERO,
             finality_lag: 0,
             steps: Vec::new(),
+            chain: ChainPreset::default(),
+            metadata: None,
         }
     }
 }
 
 impl FakeNodeConfig {
-    /// Takes the scenario's steps, and its release, block time and finality lag where it sets them.
+    /// Takes the scenario's steps, and its release, block time, finality lag and chain preset where
+    /// it sets them.
     pub fn with_scenario(mut self, scenario: Scenario) -> Self {
         if let Some(release) = scenario.release {
             self.release = release;
@@ -85,6 +101,9 @@ impl FakeNodeConfig {
         }
         if let Some(lag) = scenario.finality_lag {
             self.finality_lag = lag;
+        }
+        if let Some(chain) = scenario.chain {
+            self.chain = chain;
         }
         self.steps = scenario.steps;
         self
@@ -109,6 +128,8 @@ impl FakeNode {
             release: config.release,
             finality_lag: config.finality_lag,
             steps: config.steps,
+            preset: config.chain,
+            metadata: config.metadata.map(Arc::new),
         });
         let shared = Arc::new(Shared::new(node, Arc::clone(&conns)));
         let methods = rpc::module(Arc::clone(&shared));
@@ -248,7 +269,7 @@ impl FakeNodeHandle {
             let number = node.chain().number_of(hash)?;
             node.chain()
                 .storage_at(number, key)
-                .map(|value| value.map(<[u8]>::to_vec))
+                .map(|value| value.map(std::borrow::Cow::into_owned))
         })
     }
 

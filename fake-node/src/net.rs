@@ -4,6 +4,11 @@
 //! duplicate of each socket's descriptor. Dropping connections is then a `shutdown(2)` on those
 //! duplicates: the client sees the TCP stream end without a WebSocket close frame, as when a node
 //! dies, and the server side sees end-of-stream and cleans up. No proxy hop sits in the data path.
+//!
+//! Writes to a client go through [`write_behind`], which gathers the server's per-message flushes
+//! into few system calls.
+
+mod write_behind;
 
 use std::collections::HashMap;
 use std::io;
@@ -14,7 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use write_behind::WriteBehind;
 
 /// Binds a listening socket with `SO_REUSEADDR`, so a node restarted on the same port can bind
 /// again at once even while old connections linger in TIME_WAIT.
@@ -39,8 +47,10 @@ impl Connections {
     pub fn track(self: &Arc<Self>, id: usize, stream: TcpStream) -> io::Result<Tracked> {
         let duplicate = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
         self.live.lock().unwrap().insert(id, duplicate);
+        let (read, write) = stream.into_split();
         Ok(Tracked {
-            stream,
+            read,
+            write: WriteBehind::spawn(write),
             id,
             registry: Arc::clone(self),
         })
@@ -71,7 +81,8 @@ impl Connections {
 /// An accepted TCP stream that leaves the registry when the server is done with it.
 #[derive(Debug)]
 pub struct Tracked {
-    stream: TcpStream,
+    read: OwnedReadHalf,
+    write: WriteBehind,
     id: usize,
     registry: Arc<Connections>,
 }
@@ -88,7 +99,7 @@ impl AsyncRead for Tracked {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 
@@ -98,27 +109,15 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        Pin::new(&mut self.write).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        Pin::new(&mut self.write).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        Pin::new(&mut self.write).poll_shutdown(cx)
     }
 }
 

@@ -3,6 +3,7 @@
 //! carry out the [`Built::drop_connections`] request themselves.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use engine_shim::block::BlockRef;
 use engine_shim::storage_key::release_key;
@@ -12,6 +13,8 @@ use serde::Serialize;
 
 use crate::chain::{Chain, ChainError, StorageChange, StorageMap};
 use crate::fault::{FaultError, FaultMode, Faults};
+use crate::metadata::ServedMetadata;
+use crate::preset::ChainPreset;
 use crate::scenario::{release_change, Action, Step};
 
 /// What a node starts from.
@@ -22,6 +25,10 @@ pub struct Genesis {
     pub finality_lag: u64,
     /// Scripted steps, sorted by block number.
     pub steps: Vec<Step>,
+    /// The chain identity the node presents.
+    pub preset: ChainPreset,
+    /// The metadata to serve; `None` builds fake-node's own for the preset.
+    pub metadata: Option<Arc<ServedMetadata>>,
 }
 
 /// The result of building blocks.
@@ -88,6 +95,8 @@ pub struct NodeState {
     script: BTreeMap<u64, Vec<Action>>,
     syncing: bool,
     faults: Faults,
+    preset: ChainPreset,
+    metadata: Arc<ServedMetadata>,
 }
 
 impl NodeState {
@@ -117,6 +126,10 @@ impl NodeState {
             script,
             syncing: false,
             faults: Faults::default(),
+            preset: genesis.preset,
+            metadata: genesis
+                .metadata
+                .unwrap_or_else(|| Arc::new(ServedMetadata::built(genesis.preset))),
         };
         for action in genesis_actions {
             if !matches!(action, Action::SetStorage(_)) {
@@ -128,6 +141,16 @@ impl NodeState {
 
     pub fn chain(&self) -> &Chain {
         &self.chain
+    }
+
+    /// The chain identity the node presents.
+    pub fn preset(&self) -> ChainPreset {
+        self.preset
+    }
+
+    /// The metadata the node serves (encoded once, at start).
+    pub fn metadata(&self) -> &ServedMetadata {
+        &self.metadata
     }
 
     /// Builds `count` blocks, firing scripted steps as their blocks are built, and lets finality
@@ -234,7 +257,7 @@ impl NodeState {
         Status {
             best: best.into(),
             finalized: self.chain.finalized().into(),
-            release: decode_release(raw).ok(),
+            release: decode_release(raw.as_deref()).ok(),
             release_raw: raw.map(|v| format!("0x{}", hex::encode(v))),
             syncing: self.syncing,
             stalled: self.chain.is_stalled(),
@@ -261,7 +284,7 @@ mod tests {
         node.chain()
             .storage_at(number, &release_key())
             .unwrap()
-            .map(<[u8]>::to_vec)
+            .map(std::borrow::Cow::into_owned)
     }
 
     fn from_scenario(text: &str) -> NodeState {
@@ -270,6 +293,7 @@ mod tests {
             release: scenario.release.unwrap_or(Some(v("1.0.0"))),
             finality_lag: scenario.finality_lag.unwrap_or(0),
             steps: scenario.steps,
+            ..Genesis::default()
         })
     }
 

@@ -5,11 +5,15 @@
 //! never across an `await`. Every change wakes the subscription tasks through a `watch` channel.
 //! The modules: [`params`] reads parameters and builds errors, [`substrate`] answers the node's
 //! request methods, [`heads`] serves the head subscriptions, [`control`] the `dev_*`/`fake_*`
-//! methods.
+//! methods, [`runtime_api`] the metadata, runtime calls and runtime version subscription.
 
+mod blocks;
+mod chain_head;
 mod control;
 mod heads;
 mod params;
+mod runtime_api;
+mod storage;
 mod substrate;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +30,8 @@ use crate::node::{Built, NodeState};
 use crate::runtime::{self, CallError, RuntimeVersion};
 use heads::HeaderCache;
 
-/// Name reported by `system_name`, `system_chain` and the runtime's `specName`.
+/// Name reported by `system_name`, `system_chain` and the runtime's `specName` under the default
+/// chain preset.
 pub const NODE_NAME: &str = "fake-node";
 /// The most blocks a single `dev_newBlock` call may build.
 pub const MAX_BLOCKS_PER_CALL: u64 = 1_000_000;
@@ -51,6 +56,7 @@ struct Inner {
     node: NodeState,
     headers: HeaderCache,
     methods: Vec<&'static str>,
+    follows: chain_head::Follows,
 }
 
 impl Shared {
@@ -60,6 +66,7 @@ impl Shared {
                 node,
                 headers: HeaderCache::default(),
                 methods: Vec::new(),
+                follows: chain_head::Follows::default(),
             }),
             changed: watch::Sender::new(()),
             conns,
@@ -129,22 +136,27 @@ impl Inner {
             .chain()
             .spec_version_at(number)
             .expect("block exists");
+        let preset = self.node.preset();
         RuntimeVersion {
-            spec_name: NODE_NAME.into(),
-            impl_name: NODE_NAME.into(),
+            spec_name: preset.spec_name().into(),
+            impl_name: preset.impl_name().into(),
             authoring_version: 1,
             spec_version,
-            impl_version: 0,
-            apis: Vec::new(),
-            transaction_version: 1,
+            impl_version: preset.impl_version(),
+            apis: runtime::answered_apis(),
+            transaction_version: preset.transaction_version(),
             state_version: 1,
         }
     }
 
     /// Answers a runtime API call at block `number`, which must exist.
-    #[allow(dead_code)]
     fn runtime_call(&self, number: u64, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError> {
-        runtime::call(&self.runtime_version(number), method, args)
+        let version = self.runtime_version(number);
+        let runtime = runtime::Runtime {
+            version: &version,
+            metadata: self.node.metadata(),
+        };
+        runtime::call(runtime, method, args)
     }
 }
 
@@ -152,8 +164,12 @@ impl Inner {
 pub fn module(shared: Arc<Shared>) -> RpcModule<Shared> {
     let mut module = RpcModule::from_arc(Arc::clone(&shared));
     substrate::register(&mut module);
+    blocks::register(&mut module);
+    storage::register(&mut module);
     heads::register(&mut module);
+    chain_head::register(&mut module);
     control::register(&mut module);
+    runtime_api::register(&mut module);
 
     let mut names: Vec<&'static str> = module.method_names().collect();
     names.sort_unstable();

@@ -8,6 +8,7 @@
 //! release = "1.0.0"        # genesis release; "none" leaves the key without a value
 //! block_time = "500ms"     # humantime; "0s" = manual (dev_newBlock only)
 //! finality_lag = 1         # finalized = best − lag
+//! chain = "chainflip"      # chain identity preset (fake-node, chainflip)
 //!
 //! [[step]]
 //! at = 10                  # fires when block #10 is built
@@ -45,6 +46,7 @@ use serde::Deserialize;
 
 use crate::chain::StorageChange;
 use crate::fault::{canonical_method, Fault, FaultMode};
+use crate::preset::ChainPreset;
 
 /// One thing a step does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +74,8 @@ pub struct Scenario {
     pub release: Option<Option<SemVer>>,
     pub block_time: Option<Duration>,
     pub finality_lag: Option<u64>,
+    /// Chain identity preset.
+    pub chain: Option<ChainPreset>,
     /// Steps sorted by block number, file order kept within a block.
     pub steps: Vec<Step>,
 }
@@ -96,6 +100,7 @@ struct ScenarioFile {
     release: Option<String>,
     block_time: Option<String>,
     finality_lag: Option<u64>,
+    chain: Option<String>,
     #[serde(default, rename = "step")]
     steps: Vec<StepFile>,
 }
@@ -180,6 +185,12 @@ impl Scenario {
                     "block_time: {e} (examples: \"6s\", \"500ms\", \"0s\")"
                 ))
             })?;
+        let chain = file
+            .chain
+            .as_deref()
+            .map(str::parse::<ChainPreset>)
+            .transpose()
+            .map_err(|e| invalid(format!("chain: {e}")))?;
         let mut steps = file
             .steps
             .into_iter()
@@ -196,6 +207,7 @@ impl Scenario {
             release,
             block_time,
             finality_lag: file.finality_lag,
+            chain,
             steps,
         })
     }
@@ -375,5 +387,19 @@ mod tests {
         assert_eq!(parse_release("none"), Ok(None));
         assert_eq!(parse_release("1.2.3"), Ok(Some(SemVer::new(1, 2, 3))));
         assert!(parse_release("1.2").is_err());
+    }
+
+    #[test]
+    fn a_scenario_may_name_the_chain_preset() {
+        let scenario = Scenario::from_toml(r#"chain = "chainflip""#).unwrap();
+        assert_eq!(scenario.chain, Some(ChainPreset::Chainflip));
+        assert_eq!(Scenario::from_toml("").unwrap().chain, None);
+        let error = Scenario::from_toml(r#"chain = "kusama""#).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("chain: unknown chain preset 'kusama'"),
+            "{error}"
+        );
     }
 }

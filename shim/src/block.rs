@@ -46,6 +46,27 @@ impl fmt::Display for BlockRef {
     }
 }
 
+/// A block named by the operator, by hash or by number (`check --at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockSelector {
+    Hash(BlockHash),
+    Number(u64),
+}
+
+impl FromStr for BlockSelector {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("0x") {
+            s.parse().map(BlockSelector::Hash)
+        } else {
+            s.parse()
+                .map(BlockSelector::Number)
+                .map_err(|_| format!("'{s}' is neither a 0x block hash nor a block number"))
+        }
+    }
+}
+
 /// Parses a header `number` as nodes send it: `0x`-prefixed hex, zero-padded or not.
 pub fn parse_block_number(text: &str) -> Result<u64, String> {
     let digits = text
@@ -69,6 +90,15 @@ mod tests {
         assert!(parse_block_number("26").is_err());
         assert!(parse_block_number("0x").is_err());
         assert!(parse_block_number("0xg").is_err());
+    }
+
+    #[test]
+    fn block_selector_parses_hashes_and_numbers() {
+        let hash = format!("0x{}", "11".repeat(32));
+        assert!(matches!(hash.parse(), Ok(BlockSelector::Hash(_))));
+        assert_eq!("42".parse(), Ok(BlockSelector::Number(42)));
+        assert!("0x12".parse::<BlockSelector>().is_err());
+        assert!("forty".parse::<BlockSelector>().is_err());
     }
 
     #[test]

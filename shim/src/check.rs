@@ -1,15 +1,15 @@
 //! `engine-shim check`: one compatibility answer for scripts and CI, as an exit code.
 
 use std::fmt;
-use std::str::FromStr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::json;
 
-use crate::block::{BlockHash, BlockRef};
-use crate::cli::CheckArgs;
+use crate::block::{BlockRef, BlockSelector};
 use crate::probe::probe_version;
 use crate::rpc::{ConnectOptions, NodeClient};
-use crate::version::{Compatibility, SemVer};
+use crate::version::{Compatibility, Rule, SemVer};
 
 /// Exit codes of `check`; scripts branch on these.
 pub mod exit {
@@ -20,25 +20,29 @@ pub mod exit {
     pub const NO_LONGER_COMPATIBLE: u8 = 11;
 }
 
-/// Which block `--at` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockSelector {
-    Hash(BlockHash),
-    Number(u64),
+/// Which engine `check` asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineToCheck {
+    /// A version given outright (`--engine-version`).
+    Version(SemVer),
+    /// A program whose `PROGRAM --version` names the version (`--engine`).
+    Program(PathBuf),
 }
 
-impl FromStr for BlockSelector {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("0x") {
-            s.parse().map(BlockSelector::Hash)
-        } else {
-            s.parse()
-                .map(BlockSelector::Number)
-                .map_err(|_| format!("'{s}' is neither a 0x block hash nor a block number"))
-        }
-    }
+/// Everything `check` needs, with every default filled in. It is a plain value, not the flags,
+/// so the question can be asked without a command line (the flags become one in `cli`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRequest {
+    pub node: String,
+    pub storage_key: Vec<u8>,
+    pub rule: Rule,
+    pub engine: EngineToCheck,
+    /// The block to read at; the finalized head when `None`.
+    pub at: Option<BlockSelector>,
+    /// Print one JSON object instead of a sentence.
+    pub json: bool,
+    /// Give up on the node (and on the engine's `--version`) after this long.
+    pub timeout: Duration,
 }
 
 /// The answer `check` gives.
@@ -86,10 +90,10 @@ impl fmt::Display for Verdict {
 }
 
 /// Runs the check and prints the answer; returns the process exit code.
-pub async fn run(args: CheckArgs) -> u8 {
-    match verdict(&args).await {
+pub async fn run(request: CheckRequest) -> u8 {
+    match verdict(&request).await {
         Ok(verdict) => {
-            if args.json {
+            if request.json {
                 println!("{}", verdict.to_json());
             } else {
                 println!("{verdict}");
@@ -97,7 +101,7 @@ pub async fn run(args: CheckArgs) -> u8 {
             verdict.exit_code()
         }
         Err(error) => {
-            if args.json {
+            if request.json {
                 println!("{}", json!({ "error": error }));
             }
             eprintln!("error: {error}");
@@ -106,33 +110,32 @@ pub async fn run(args: CheckArgs) -> u8 {
     }
 }
 
-async fn verdict(args: &CheckArgs) -> Result<Verdict, String> {
-    let engine = match (args.engine_version, &args.engine) {
-        (Some(version), _) => version,
-        (None, Some(path)) => probe_version(path, args.timeout)
+async fn verdict(request: &CheckRequest) -> Result<Verdict, String> {
+    let engine = match &request.engine {
+        EngineToCheck::Version(version) => *version,
+        EngineToCheck::Program(path) => probe_version(path, request.timeout)
             .await
             .map_err(|e| e.to_string())?,
-        (None, None) => unreachable!("clap requires --engine-version or --engine"),
     };
     let options = ConnectOptions {
         ping_interval: None,
-        request_timeout: args.timeout,
+        request_timeout: request.timeout,
     };
     let client = tokio::time::timeout(
-        args.timeout,
-        NodeClient::connect(&args.chain.node, &options),
+        request.timeout,
+        NodeClient::connect(&request.node, &options),
     )
     .await
     .map_err(|_| {
         format!(
             "node at {} did not answer within {:?}",
-            args.chain.node, args.timeout
+            request.node, request.timeout
         )
     })?
     .map_err(|e| e.to_string())?;
-    let block = resolve_block(&client, args.at).await?;
+    let block = resolve_block(&client, request.at).await?;
     let release = client
-        .release_at(&args.chain.release_key(), &block.hash)
+        .release_at(&request.storage_key, &block.hash)
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("at block #{} ({}): {e}", block.number, block.hash))?;
@@ -140,7 +143,7 @@ async fn verdict(args: &CheckArgs) -> Result<Verdict, String> {
         engine,
         release,
         block,
-        compatibility: args.chain.rule.compare(engine, release),
+        compatibility: request.rule.compare(engine, release),
     })
 }
 
@@ -178,15 +181,7 @@ async fn resolve_block(client: &NodeClient, at: Option<BlockSelector>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn block_selector_parses_hashes_and_numbers() {
-        let hash = format!("0x{}", "11".repeat(32));
-        assert!(matches!(hash.parse(), Ok(BlockSelector::Hash(_))));
-        assert_eq!("42".parse(), Ok(BlockSelector::Number(42)));
-        assert!("0x12".parse::<BlockSelector>().is_err());
-        assert!("forty".parse::<BlockSelector>().is_err());
-    }
+    use crate::block::BlockHash;
 
     #[test]
     fn verdict_text_and_json_name_everything() {

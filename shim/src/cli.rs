@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::EngineList;
+use crate::block::BlockSelector;
+use crate::check::{CheckRequest, EngineToCheck};
+use crate::config::{EngineList, Overrides};
+use crate::defaults;
 use crate::lock::LockMode;
 use crate::storage_key::StorageKey;
 use crate::telemetry::LogFormat;
@@ -43,9 +46,16 @@ pub struct HandoffArgs {
     /// a running engine-shim is taken (-1, 0 and process groups are refused, exit code 2).
     #[arg(long, allow_negative_numbers = true)]
     pub pid: Option<i32>,
-    /// How long to wait for the hand-off to complete (the engine's stop included).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s", value_name = "DURATION")]
-    pub timeout: Duration,
+    /// How long to wait for the hand-off to complete (the engine's stop included) [default: 60s]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+}
+
+impl HandoffArgs {
+    /// `--timeout`, or its default.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(defaults::HAND_OFF_TIMEOUT)
+    }
 }
 
 /// `check`'s flags for where the chain is and how to read its release (`run` has its own, optional
@@ -53,14 +63,14 @@ pub struct HandoffArgs {
 #[derive(Debug, Args, Clone)]
 pub struct ChainArgs {
     /// WebSocket URL of the node's JSON-RPC.
-    #[arg(long, env = "ENGINE_SHIM_NODE", default_value = "ws://127.0.0.1:9944", value_parser = crate::config::parse_node_url)]
+    #[arg(long, env = "ENGINE_SHIM_NODE", default_value = defaults::NODE, value_parser = crate::config::parse_node_url)]
     pub node: String,
     /// Storage key of the release value (hex). Default: Environment::CurrentReleaseVersion,
     /// computed as twox128("Environment") ++ twox128("CurrentReleaseVersion").
     #[arg(long, env = "ENGINE_SHIM_STORAGE_KEY")]
     pub storage_key: Option<StorageKey>,
     /// Which version fields must match for an engine to be compatible with the release.
-    #[arg(long, env = "ENGINE_SHIM_RULE", value_enum, default_value_t = Rule::MajorMinor)]
+    #[arg(long, env = "ENGINE_SHIM_RULE", value_enum, default_value_t = defaults::RULE)]
     pub rule: Rule,
     /// Log format.
     #[arg(long, env = "ENGINE_SHIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -77,9 +87,9 @@ impl ChainArgs {
     }
 }
 
-/// `engine-shim run`'s flags as given. Nothing has a clap default, so [`RunArgs::resolve`] can put
+/// `engine-shim run`'s flags as given. Nothing has a clap default, so [`Overrides::resolve`] can put
 /// the config file between the environment and the defaults; the defaults are in the help text and
-/// in [`crate::config`].
+/// in [`crate::defaults`].
 #[derive(Debug, Args, Default, Clone)]
 pub struct RunArgs {
     /// TOML file with any of these settings, keyed by the flag name in snake_case (`stale_after =
@@ -189,13 +199,86 @@ pub struct CheckArgs {
     pub engine: Option<PathBuf>,
     /// Check at this block (0x-hash or decimal number) instead of the finalized head.
     #[arg(long)]
-    pub at: Option<crate::check::BlockSelector>,
+    pub at: Option<BlockSelector>,
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
-    /// Give up on the node after this long.
-    #[arg(long, env = "ENGINE_SHIM_TIMEOUT", value_parser = crate::config::parse_check_timeout, default_value = "10s")]
-    pub timeout: Duration,
+    /// Give up on the node after this long [default: 10s]
+    #[arg(long, env = "ENGINE_SHIM_TIMEOUT", value_parser = crate::config::parse_check_timeout, value_name = "TIMEOUT")]
+    pub timeout: Option<Duration>,
+}
+
+impl CheckArgs {
+    /// The question as `check` takes it, with the defaults filled in.
+    pub fn request(&self) -> CheckRequest {
+        let engine = match (self.engine_version, &self.engine) {
+            (Some(version), _) => EngineToCheck::Version(version),
+            (None, Some(path)) => EngineToCheck::Program(path.clone()),
+            (None, None) => unreachable!("clap requires --engine-version or --engine"),
+        };
+        CheckRequest {
+            node: self.chain.node.clone(),
+            storage_key: self.chain.release_key(),
+            rule: self.chain.rule,
+            engine,
+            at: self.at,
+            json: self.json,
+            timeout: self.timeout.unwrap_or(defaults::CHECK_TIMEOUT),
+        }
+    }
+}
+
+impl From<RunArgs> for Overrides {
+    fn from(args: RunArgs) -> Self {
+        let RunArgs {
+            config,
+            engines,
+            engine_version,
+            node,
+            storage_key,
+            rule,
+            log_format,
+            grace,
+            start_secs,
+            stale_after,
+            wait_log_every,
+            reconnect_max,
+            lock,
+            lock_dir,
+            lock_mode,
+            lock_name,
+            lease,
+            renew,
+            standby,
+            metrics_listen,
+            control_socket,
+            command,
+        } = args;
+        Overrides {
+            config,
+            engines,
+            engine_version,
+            node,
+            storage_key,
+            rule,
+            log_format,
+            grace,
+            start_secs,
+            stale_after,
+            wait_log_every,
+            reconnect_max,
+            lock,
+            lock_dir,
+            lock_mode,
+            lock_name,
+            lease,
+            renew,
+            standby,
+            metrics_listen,
+            control_socket,
+            command,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -293,14 +376,14 @@ mod tests {
                 .to_string()
         };
         for (id, text, value) in [
-            ("grace", "10s", config::DEFAULT_GRACE),
-            ("start_secs", "10s", config::DEFAULT_START_SECS),
-            ("stale_after", "60s", config::DEFAULT_STALE_AFTER),
-            ("wait_log_every", "60s", config::DEFAULT_WAIT_LOG_EVERY),
-            ("reconnect_max", "30s", config::DEFAULT_RECONNECT_MAX),
-            ("standby", "30s", config::DEFAULT_STANDBY),
-            ("lease", "5s", crate::lock::DEFAULT_LEASE),
-            ("renew", "1s", crate::lock::DEFAULT_RENEW),
+            ("grace", "10s", defaults::GRACE),
+            ("start_secs", "10s", defaults::START_SECS),
+            ("stale_after", "60s", defaults::STALE_AFTER),
+            ("wait_log_every", "60s", defaults::WAIT_LOG_EVERY),
+            ("reconnect_max", "30s", defaults::RECONNECT_MAX),
+            ("standby", "30s", defaults::STANDBY),
+            ("lease", "5s", defaults::LEASE),
+            ("renew", "1s", defaults::RENEW),
         ] {
             assert!(help(id).ends_with(&format!("[default: {text}]")), "{id}");
             assert_eq!(humantime::parse_duration(text).unwrap(), value, "{id}");
@@ -319,10 +402,52 @@ mod tests {
             let parse = |text| humantime::parse_duration(text).unwrap();
             assert_eq!((parse(min), parse(max)), (range.min, range.max), "{id}");
         }
-        assert!(help("node").ends_with(&format!("[default: {}]", config::DEFAULT_NODE)));
-        assert!(help("rule").ends_with(&format!("[default: {}]", Rule::default().as_str())));
+        assert!(help("node").ends_with(&format!("[default: {}]", defaults::NODE)));
+        assert!(help("rule").ends_with(&format!("[default: {}]", defaults::RULE.as_str())));
         assert!(help("log_format").ends_with("[default: text]"));
         assert_eq!(LogFormat::default(), LogFormat::Text);
+    }
+
+    /// The config file spells the choices as the flags do.
+    #[test]
+    fn config_choices_are_the_flags_values() {
+        fn names<T: clap::ValueEnum + config::Choice>() -> (Vec<String>, Vec<String>) {
+            let clap = T::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value())
+                .map(|v| v.get_name().to_string())
+                .collect();
+            let config = T::ALL.iter().map(|c| c.name().to_string()).collect();
+            (clap, config)
+        }
+        let (clap, config) = names::<Rule>();
+        assert_eq!(clap, config);
+        let (clap, config) = names::<LogFormat>();
+        assert_eq!(clap, config);
+    }
+
+    /// `check` and `handoff` state their timeouts' defaults the same way.
+    #[test]
+    fn check_and_handoff_help_state_their_timeouts() {
+        let cli = Cli::command();
+        let help = |command: &str| {
+            cli.find_subcommand(command)
+                .and_then(|c| c.get_arguments().find(|arg| arg.get_id() == "timeout"))
+                .and_then(|arg| arg.get_help())
+                .unwrap()
+                .to_string()
+        };
+        let stated = |text: String| {
+            let value = text
+                .rsplit_once("[default: ")
+                .unwrap()
+                .1
+                .trim_end_matches(']');
+            humantime::parse_duration(value).unwrap()
+        };
+        assert_eq!(stated(help("check")), defaults::CHECK_TIMEOUT);
+        assert_eq!(stated(help("handoff")), defaults::HAND_OFF_TIMEOUT);
+        assert_eq!(config::CHECK_TIMEOUT.default, defaults::CHECK_TIMEOUT);
     }
 
     /// The only test that sets an environment variable: the environment is shared by every test
@@ -332,7 +457,10 @@ mod tests {
         const VAR: &str = "ENGINE_SHIM_RECONNECT_MAX";
         let file = || FileConfig::parse("reconnect_max = \"5s\"", "f.toml".as_ref()).unwrap();
         let resolved = |args: &[&str], file: FileConfig| {
-            run_flags(args).merge(file, None).unwrap().reconnect_max
+            Overrides::from(run_flags(args))
+                .merge(file, None)
+                .unwrap()
+                .reconnect_max
         };
         std::env::set_var(VAR, "7s");
         let with_env = [
@@ -345,7 +473,7 @@ mod tests {
         assert_eq!(resolved(&["--", "e"], file()), secs(5));
         assert_eq!(
             resolved(&["--", "e"], FileConfig::default()),
-            config::DEFAULT_RECONNECT_MAX
+            defaults::RECONNECT_MAX
         );
     }
 }

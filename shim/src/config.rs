@@ -1,11 +1,13 @@
 //! `engine-shim run`'s settings, fully resolved: command-line flag > environment variable > config
 //! file > default.
 //!
-//! clap reads flags and `ENGINE_SHIM_*` variables into [`RunArgs`], whose fields are all optional so
-//! an unset flag can be told apart from a default. [`RunArgs::resolve`] then lays the TOML file
-//! (`--config FILE`) underneath and fills in the defaults, producing a [`RunConfig`] that the rest of
-//! the shim uses without caring where a value came from. Everything here is pure except reading the
-//! file, so the precedence rules are tested without processes or sockets.
+//! The settings come in layers, none of which knows about clap. The command line (flags and
+//! `ENGINE_SHIM_*` variables, read by `cli`) arrives as [`Overrides`], whose fields are all optional
+//! so an unset flag can be told apart from a default. [`Overrides::resolve`] lays the TOML file
+//! (`--config FILE`, a [`FileConfig`]) underneath and fills the rest from [`crate::defaults`],
+//! producing a [`RunConfig`] that the rest of the shim uses without caring where a value came from.
+//! Everything here is pure except reading the file, so the precedence rules are tested without
+//! processes or sockets.
 
 pub mod words;
 
@@ -13,31 +15,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::ValueEnum;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::cli::RunArgs;
 use crate::covers::Covers;
-use crate::lock::{LockMode, DEFAULT_LEASE, DEFAULT_LOCK_NAME, DEFAULT_RENEW};
+use crate::defaults;
+use crate::lock::LockMode;
 use crate::storage_key::StorageKey;
 use crate::telemetry::LogFormat;
 use crate::version::{Compatibility, Rule, SemVer};
-
-/// Default of `--node`.
-pub const DEFAULT_NODE: &str = "ws://127.0.0.1:9944";
-/// Default of `--standby`.
-pub const DEFAULT_STANDBY: Duration = Duration::from_secs(30);
-/// Default of `--grace`.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-/// Default of `--start-secs`.
-pub const DEFAULT_START_SECS: Duration = Duration::from_secs(10);
-/// Default of `--stale-after`.
-pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
-/// Default of `--wait-log-every`.
-pub const DEFAULT_WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Default of `--reconnect-max`.
-pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 const MS: u64 = 1;
 const SEC: u64 = 1000 * MS;
@@ -66,19 +52,19 @@ const fn range(flag: &'static str, default: Duration, min_ms: u64, max_ms: u64) 
     }
 }
 
-pub const GRACE: DurationRange = range("grace", DEFAULT_GRACE, 100 * MS, HOUR);
-pub const START_SECS: DurationRange = range("start-secs", DEFAULT_START_SECS, 100 * MS, HOUR);
-pub const STALE_AFTER: DurationRange = range("stale-after", DEFAULT_STALE_AFTER, SEC, HOUR);
+pub const GRACE: DurationRange = range("grace", defaults::GRACE, 100 * MS, HOUR);
+pub const START_SECS: DurationRange = range("start-secs", defaults::START_SECS, 100 * MS, HOUR);
+pub const STALE_AFTER: DurationRange = range("stale-after", defaults::STALE_AFTER, SEC, HOUR);
 pub const WAIT_LOG_EVERY: DurationRange =
-    range("wait-log-every", DEFAULT_WAIT_LOG_EVERY, SEC, 24 * HOUR);
+    range("wait-log-every", defaults::WAIT_LOG_EVERY, SEC, 24 * HOUR);
 pub const RECONNECT_MAX: DurationRange =
-    range("reconnect-max", DEFAULT_RECONNECT_MAX, 250 * MS, HOUR);
-pub const STANDBY: DurationRange = range("standby", DEFAULT_STANDBY, 100 * MS, 24 * HOUR);
+    range("reconnect-max", defaults::RECONNECT_MAX, 250 * MS, HOUR);
+pub const STANDBY: DurationRange = range("standby", defaults::STANDBY, 100 * MS, 24 * HOUR);
 /// The PostgreSQL lock's own rule (renew at most half the lease) is checked with the lock.
-pub const LEASE: DurationRange = range("lease", DEFAULT_LEASE, SEC, HOUR);
-pub const RENEW: DurationRange = range("renew", DEFAULT_RENEW, 100 * MS, 30 * MIN);
+pub const LEASE: DurationRange = range("lease", defaults::LEASE, SEC, HOUR);
+pub const RENEW: DurationRange = range("renew", defaults::RENEW, 100 * MS, 30 * MIN);
 /// `check --timeout`.
-pub const CHECK_TIMEOUT: DurationRange = range("timeout", Duration::from_secs(10), 100 * MS, HOUR);
+pub const CHECK_TIMEOUT: DurationRange = range("timeout", defaults::CHECK_TIMEOUT, 100 * MS, HOUR);
 
 /// Every duration setting of `run`, for documentation and tests.
 pub const RUN_DURATIONS: [DurationRange; 8] = [
@@ -140,7 +126,7 @@ fn in_file(key: &str, path: Option<&Path>) -> String {
     }
 }
 
-/// A clap value parser for `check --timeout`: a duration in [`CHECK_TIMEOUT`]'s range.
+/// Parses `check --timeout`: a duration in [`CHECK_TIMEOUT`]'s range.
 pub fn parse_check_timeout(text: &str) -> Result<Duration, String> {
     let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     CHECK_TIMEOUT
@@ -172,6 +158,36 @@ pub fn parse_node_url(text: &str) -> Result<String, String> {
     Err(format!("'{url}' is not a ws:// URL: {fix}"))
 }
 
+/// The top layer of `run`'s settings: what the command line gave (a flag, or its `ENGINE_SHIM_*`
+/// variable), `None` where it gave nothing. Field by field the same as the flags (see `cli` for
+/// their meaning), so the layers beneath can tell "not given" from "given as the default".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub engines: Vec<EngineList>,
+    pub engine_version: Option<SemVer>,
+    pub node: Option<String>,
+    pub storage_key: Option<StorageKey>,
+    pub rule: Option<Rule>,
+    pub log_format: Option<LogFormat>,
+    pub grace: Option<Duration>,
+    pub start_secs: Option<Duration>,
+    pub stale_after: Option<Duration>,
+    pub wait_log_every: Option<Duration>,
+    pub reconnect_max: Option<Duration>,
+    pub lock: Option<String>,
+    pub lock_dir: Option<PathBuf>,
+    pub lock_mode: Option<LockMode>,
+    pub lock_name: Option<String>,
+    pub lease: Option<Duration>,
+    pub renew: Option<Duration>,
+    pub standby: Option<Duration>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub control_socket: Option<PathBuf>,
+    /// The args after `--`: the single engine's command, or the shared args.
+    pub command: Vec<String>,
+}
+
 /// Everything `engine-shim run` needs, with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunConfig {
@@ -199,13 +215,16 @@ pub struct RunConfig {
     pub lock_password_file: Option<PathBuf>,
     /// At least one engine, in the order given.
     pub engines: Vec<EngineCommand>,
+    /// The `engine-shim` binary each engine runs under as its guardian; no flag sets it
+    /// ([`defaults::GUARDIAN`], this very binary).
+    pub guardian: PathBuf,
     /// How to read the settings again on SIGHUP; `None` without a config file.
     pub reload: Option<Reload>,
 }
 
 /// The flags and environment as given, to lay a re-read config file under them again on SIGHUP.
 #[derive(Debug, Clone)]
-pub struct Reload(pub Box<RunArgs>);
+pub struct Reload(pub Box<Overrides>);
 
 impl Reload {
     /// The config file this reload reads.
@@ -332,8 +351,8 @@ fn check_versions_once(versions: &[SemVer]) -> Result<(), String> {
 ///
 /// An engine covering several versions is a runner that overlaps its neighbours by design (the
 /// package of 2.3 covers 2.2 and 2.3): pairs involving one are allowed, and
-/// [`crate::gate::pick_engine`] decides between them.
-pub fn validate_engines(engines: &[Covers], rule: Rule) -> Result<(), String> {
+/// the gate's `pick_engine` decides between them.
+pub(crate) fn validate_engines(engines: &[Covers], rule: Rule) -> Result<(), String> {
     let singles: Vec<SemVer> = engines
         .iter()
         .filter(|covers| !covers.is_several())
@@ -375,9 +394,9 @@ pub struct FileConfig {
     pub node: Option<String>,
     #[serde(default, deserialize_with = "storage_key")]
     pub storage_key: Option<StorageKey>,
-    #[serde(default, deserialize_with = "value_enum")]
+    #[serde(default, deserialize_with = "choice")]
     pub rule: Option<Rule>,
-    #[serde(default, deserialize_with = "value_enum")]
+    #[serde(default, deserialize_with = "choice")]
     pub log_format: Option<LogFormat>,
     #[serde(default, deserialize_with = "duration")]
     pub grace: Option<Duration>,
@@ -465,7 +484,7 @@ impl FileConfig {
     }
 }
 
-impl RunArgs {
+impl Overrides {
     /// Reads the config file (if `--config` was given) and merges it under the flags and environment.
     pub fn resolve(self) -> Result<RunConfig, ConfigError> {
         match self.config.clone() {
@@ -482,7 +501,7 @@ impl RunArgs {
 
     /// Lays `file` under the flags and fills in defaults; `path` only names the file in errors.
     pub fn merge(self, file: FileConfig, path: Option<&Path>) -> Result<RunConfig, ConfigError> {
-        let rule = self.rule.or(file.rule).unwrap_or_default();
+        let rule = self.rule.or(file.rule).unwrap_or(defaults::RULE);
         let engines = self.engine_commands(&file, path)?;
         let known: Vec<Covers> = engines
             .iter()
@@ -493,7 +512,7 @@ impl RunArgs {
             (Some(node), _) => node,
             (None, Some(node)) => parse_node_url(&node)
                 .map_err(|e| ConfigError::Usage(format!("{}: {e}", in_file("node", path))))?,
-            (None, None) => DEFAULT_NODE.into(),
+            (None, None) => defaults::NODE.into(),
         };
         Ok(RunConfig {
             node,
@@ -517,11 +536,12 @@ impl RunArgs {
             lock_name: self
                 .lock_name
                 .or(file.lock_name)
-                .unwrap_or_else(|| DEFAULT_LOCK_NAME.to_string()),
+                .unwrap_or_else(|| defaults::LOCK_NAME.to_string()),
             lease: LEASE.pick(self.lease, file.lease, path)?,
             renew: RENEW.pick(self.renew, file.renew, path)?,
             lock_password_file: file.lock_password_file,
             engines,
+            guardian: defaults::GUARDIAN.into(),
             reload: None,
         })
     }
@@ -659,17 +679,45 @@ fn storage_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StorageKey>, D:
     parsed(d, "a hex string like \"0xea74…\"", str::parse)
 }
 
-fn value_enum<'de, D: Deserializer<'de>, T: ValueEnum>(d: D) -> Result<Option<T>, D::Error> {
-    parsed(d, "a string", |text| {
-        T::from_str(text, false).map_err(|_| {
-            let names: Vec<String> = T::value_variants()
-                .iter()
-                .filter_map(|v| v.to_possible_value())
-                .map(|v| format!("\"{}\"", v.get_name()))
-                .collect();
+/// A setting chosen by name from a short list, spelled as its flag's value (`major-minor`,
+/// `json`). The names are the flags' own: a test in `cli` keeps them equal to clap's.
+pub trait Choice: Copy + 'static {
+    /// Every choice, in the order the error message lists them.
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+}
+
+impl Choice for Rule {
+    const ALL: &'static [Rule] = &[Rule::MajorMinor, Rule::Exact, Rule::Major];
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Choice for LogFormat {
+    const ALL: &'static [LogFormat] = &[LogFormat::Text, LogFormat::Json];
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The choice named `text`, or a message listing the names there are.
+pub fn parse_choice<T: Choice>(text: &str) -> Result<T, String> {
+    T::ALL
+        .iter()
+        .copied()
+        .find(|choice| choice.name() == text)
+        .ok_or_else(|| {
+            let names: Vec<String> = T::ALL.iter().map(|c| format!("\"{}\"", c.name())).collect();
             format!("'{text}' is not one of {}", names.join(", "))
         })
-    })
+}
+
+fn choice<'de, D: Deserializer<'de>, T: Choice>(d: D) -> Result<Option<T>, D::Error> {
+    parsed(d, "a string", parse_choice::<T>)
 }
 
 fn command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

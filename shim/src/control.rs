@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::accept::AcceptLoop;
-pub use listen::{occupant, ListenError, Occupant, SocketPath};
+pub use listen::{ListenError, SocketPath};
 
 /// The one request a client can make.
 pub const HANDOFF: &str = "handoff";

@@ -39,6 +39,7 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::backoff::Backoff;
 use crate::block::{BlockHash, BlockRef};
+use crate::defaults;
 use crate::rpc::{ConnectOptions, Header, NodeClient, RpcError};
 use crate::storage_key::release_key;
 use crate::version::{ReleaseError, SemVer};
@@ -72,18 +73,37 @@ pub struct FollowerConfig {
 }
 
 impl FollowerConfig {
-    /// Defaults for everything but the node and the key.
+    /// The settings `engine-shim run` uses when no flag is given ([`crate::defaults`]).
     pub fn new(url: impl Into<String>, storage_key: Vec<u8>) -> Self {
+        FollowerConfig::with(
+            url,
+            storage_key,
+            defaults::STALE_AFTER,
+            defaults::RECONNECT_MAX,
+            defaults::WAIT_LOG_EVERY,
+        )
+    }
+
+    /// The settings for the flags that reach the follower; everything else from
+    /// [`crate::defaults::follower`]. The ping interval never exceeds `stale_after`, so a
+    /// half-open connection is found before the staleness timer would give up on it.
+    pub fn with(
+        url: impl Into<String>,
+        storage_key: Vec<u8>,
+        stale_after: Duration,
+        reconnect_max: Duration,
+        wait_log_every: Duration,
+    ) -> Self {
         FollowerConfig {
             url: url.into(),
             storage_key,
-            stale_after: Duration::from_secs(60),
-            ping_interval: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(30),
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
-            syncing_poll: Duration::from_secs(5),
-            behind_log_every: Duration::from_secs(60),
+            stale_after,
+            ping_interval: defaults::follower::PING_INTERVAL_MAX.min(stale_after),
+            request_timeout: defaults::follower::REQUEST_TIMEOUT,
+            backoff_initial: defaults::follower::RECONNECT_FIRST,
+            backoff_max: reconnect_max,
+            syncing_poll: defaults::follower::SYNCING_POLL,
+            behind_log_every: wait_log_every,
         }
     }
 }
@@ -91,7 +111,7 @@ impl FollowerConfig {
 impl Default for FollowerConfig {
     /// A local node and the Chainflip release key.
     fn default() -> Self {
-        FollowerConfig::new("ws://127.0.0.1:9944", release_key())
+        FollowerConfig::new(defaults::NODE, release_key())
     }
 }
 

@@ -1,14 +1,20 @@
 //! The gate: a pure state machine deciding which engine runs.
 //!
-//! It is fed [`Event`]s (a finalized block with the release read at it, a child's exit, a restart
-//! timer firing, shutdown) and answers with [`Action`]s for the async shell to carry out. It never
-//! touches a process, a socket or a clock: time arrives inside events. That keeps every decision
-//! testable on its own, including the guarantees operators rely on:
+//! It is fed [`Event`]s (a finalized block with the release read at it, a child's exit, lock
+//! news, an operator's request, the passing of time) and answers with [`Action`]s for the async
+//! shell to carry out. It never touches a process, a socket or a clock: the shell passes `now`
+//! into every [`Gate::step`], the gate keeps its own deadlines (a crash restart's back-off, the end
+//! of a stand-by, the lock's fencing deadline) and names the next one with
+//! [`Gate::next_deadline`], and the shell wakes it then with [`Event::Tick`]. A deadline lives in
+//! the state it belongs to, so it cannot outlive that state and fire stale. That keeps every
+//! decision testable on its own, including the guarantees operators rely on:
 //!
 //! - an engine is started only when the last *known* release is compatible with it;
 //! - nothing is started while another child is still alive (a stop must complete first);
 //! - nothing is started without the lock (the host-wide or cross-host exclusion), which is asked
 //!   for only to start an engine and given back once no child is alive and none is about to start;
+//!   a grant that comes too late to be used is given back and asked for again;
+//! - a lost lock stops the engine at once and kills it by the lock's fencing deadline;
 //! - an unknown release (absent, 0.0.0, malformed) changes nothing: the state is kept;
 //! - an engine that exits on its own is not restarted before the release at the node's latest
 //!   finalized head has been read (the gate asks for it with [`Action::CheckHead`]): an engine
@@ -17,7 +23,7 @@
 //!   (it owns the node connection and decides what a lower finalized head means, see
 //!   `follower.rs`); the gate refusing it too means no path can ever act on a block twice.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backoff::RestartBackoff;
 use crate::block::BlockRef;
@@ -27,14 +33,14 @@ use crate::version::{Compatibility, ReleaseError, Rule, SemVer};
 /// Index of an engine in the list the gate was built with.
 pub type EngineId = usize;
 
-/// What happened, as far as the gate is concerned.
+/// What happened, as far as the gate is concerned. The moment it happened is passed beside it
+/// to [`Gate::step`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The next finalized block, with the release read at it. `now` is monotonic time since start.
+    /// The next finalized block, with the release read at it.
     Block {
         block: BlockRef,
         release: Result<SemVer, ReleaseError>,
-        now: Duration,
     },
     /// A child the gate started has been reaped. `uptime` is how long it ran.
     ChildExited {
@@ -42,27 +48,37 @@ pub enum Event {
         uptime: Duration,
         status: String,
     },
-    /// A restart timer the gate asked for has fired.
-    RestartDue { engine: EngineId },
     /// The answer to [`Action::CheckHead`]: the release at the node's latest finalized head, or
     /// why it could not be read (node unreachable, release unknown there).
     HeadRelease {
         engine: EngineId,
         answer: Result<(BlockRef, SemVer), String>,
     },
-    /// The lock the gate asked for is ours.
-    LockGranted,
-    /// The lock was lost (not renewed in time, taken, database gone): fence at once.
-    LockLost { reason: String },
+    /// The lock the gate asked for is ours; whether it may still be acted on.
+    LockGranted(Grant),
+    /// The lock was lost (not renewed in time, taken, database gone): stop the engine at once;
+    /// it must be dead by `kill_by`, after which another holder may be let in.
+    LockLost { reason: String, kill_by: Instant },
     /// The operator asked this instance to hand the work over (SIGUSR1 or `engine-shim handoff`).
     HandOff,
-    /// The stand-by after a hand-off is over: compete for the lock again.
-    StandbyOver,
-    /// The shim was asked to stop (SIGTERM / SIGINT).
-    Shutdown,
+    /// The shim was asked to stop (SIGTERM / SIGINT, named by `signal`). A second one means
+    /// "now": the engine is killed without waiting out its grace period.
+    Shutdown { signal: &'static str },
     /// The engine's program was replaced on disk (or re-probed after SIGHUP) and now covers
     /// `covers`. A running engine is not restarted for it: the news applies from its next start.
     EngineReplaced { engine: EngineId, covers: Covers },
+    /// Nothing happened but time: the deadline named by [`Gate::next_deadline`] may have come.
+    Tick,
+}
+
+/// Whether a grant of the lock may be acted on when it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The lock is ours and may be used.
+    Usable,
+    /// The lock was ours, but its renew deadline passed before the grant could be used (the
+    /// process was paused): a new holder may already be let in, so nothing may start on it.
+    Expired,
 }
 
 /// What the shell must do.
@@ -73,27 +89,48 @@ pub enum Action {
     Start { engine: EngineId, block: BlockRef },
     /// Stop this engine gracefully (TERM, grace, KILL); its exit comes back as [`Event::ChildExited`].
     Stop { engine: EngineId },
-    /// Send [`Event::RestartDue`] for this engine after the delay.
-    ScheduleRestart { engine: EngineId, after: Duration },
     /// Read the release at the node's latest finalized head, once, beside the follower's ordered
     /// stream, and send the answer back as [`Event::HeadRelease`] for this engine.
     CheckHead { engine: EngineId },
     /// Start acquiring the lock; [`Event::LockGranted`] comes back once it is ours.
     AcquireLock,
+    /// The grant came too late to be used ([`Grant::Expired`]): give it back and ask again; the
+    /// next [`Event::LockGranted`] answers the same wait.
+    RetryLock,
     /// Give up a pending acquisition: no grant may follow.
     CancelLock,
     /// Give back the held lock: no child is alive any more.
     ReleaseLock,
-    /// The lock is lost: stop this engine now, SIGKILL by the lock's fencing deadline.
+    /// The lock is lost: stop this engine now (TERM, grace). The gate kills it with
+    /// [`Action::Kill`] at the lock's fencing deadline if it is still alive then.
     Fence { engine: EngineId },
-    /// Stand by (ask for no lock) for the configured time, then send [`Event::StandbyOver`].
-    Standby,
+    /// The engine must die now: SIGKILL to its whole tree.
+    Kill { engine: EngineId, cause: KillCause },
     /// A requested hand-off is complete: no engine runs here and the lock is given back.
     HandedOff,
     /// Tell the operator something; the shell formats and logs it.
     Notify(Notice),
     /// Everything is stopped after a shutdown: the shell may exit.
     Exit,
+}
+
+/// Why an engine is killed rather than left to its grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillCause {
+    /// The lock's fencing deadline came while the fenced engine was still alive: its grace is
+    /// over (it is reported as killed after its grace period, like any stop that ran out).
+    FenceDeadline,
+    /// The operator signalled a second time while the shim was stopping.
+    SecondSignal,
+}
+
+/// What kind of start an engine's start is, for the operator's line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// A start on a release (the first, or after a hand-over, a hand-off or a lock wait).
+    Fresh,
+    /// A restart after the engine exited while it should run (a crash).
+    Restart,
 }
 
 /// Operator-visible news. The wording lives in the telemetry layer; the gate only says what happened.
@@ -104,7 +141,7 @@ pub enum Notice {
         engine: Covers,
         release: SemVer,
         block: BlockRef,
-        restart: bool,
+        kind: StartKind,
     },
     /// The engine is newer than the release and waits (Chainflip's WAITING line). `engine` is the
     /// version the line is about: the oldest the engine covers, the next to become compatible.
@@ -173,6 +210,45 @@ pub enum Notice {
     HandingOff { engine: Option<Covers> },
     /// The stand-by after a hand-off ended; this instance competes for the lock again.
     StandbyOver,
+    /// The operator asked the shim to stop (`signal` names how).
+    ShutdownRequested { signal: &'static str },
+    /// The operator asked again while the shim was stopping: the engine is killed now.
+    ShutdownAgain { signal: &'static str },
+}
+
+/// The durations the operator chose that the gate decides with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often a "nothing runs" line may repeat.
+    pub wait_log_every: Duration,
+    /// How long a child must stay up for its crash back-off to reset.
+    pub start_secs: Duration,
+    /// How long to ask for no lock after a hand-off.
+    pub standby: Duration,
+}
+
+/// Which mode the instance is in: what it does when the release asks for an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Runs the compatible engine, asking for the lock to start it.
+    Active,
+    /// Handed off: asks for no lock until `until`, so another instance takes over.
+    Standby { until: Instant },
+    /// Asked to stop: starts nothing and exits once nothing is alive.
+    ShuttingDown,
+}
+
+/// What happens once a stopping child is reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterStop {
+    /// Go on with what the release asks for: this is the hand-over point (or, after a fence,
+    /// the wait for the lock again).
+    Target,
+    /// Complete the requested hand-off: give the lock back and answer. The stand-by may have
+    /// run out meanwhile; then the instance goes on with the target too.
+    HandOff,
+    /// The shim is shutting down: give everything back and exit.
+    Exit,
 }
 
 /// The one child the gate may have, as an explicit life cycle rather than a heap of flags.
@@ -182,10 +258,15 @@ enum Job {
     Idle,
     /// A child was started and has not exited.
     Running(EngineId),
-    /// A stop was requested; the child is alive until its exit is reported.
-    Stopping(EngineId),
-    /// The child crashed; a restart timer is pending. No child is alive.
-    RestartPending(EngineId),
+    /// A stop was requested; the child is alive until its exit is reported. `kill_at` is the
+    /// lock's fencing deadline while one is pending: the child is killed then if still alive.
+    Stopping {
+        engine: EngineId,
+        then: AfterStop,
+        kill_at: Option<Instant>,
+    },
+    /// The child crashed; it is restarted (after a look at the head) at `due`. No child is alive.
+    RestartPending { engine: EngineId, due: Instant },
     /// The child exited on its own; the release at the finalized head is being read to tell an
     /// upgrade from a crash. No child is alive; the lock is kept for the hand-over.
     ExitCheck(EngineId),
@@ -194,6 +275,29 @@ enum Job {
     /// The child left at an upgrade the follower has not reached yet: it is not restarted, and
     /// the next engine starts at the upgrade block. No child is alive.
     Retired(EngineId),
+}
+
+impl Job {
+    /// A stop of `engine`, with nothing after it but `then` and no fencing deadline yet.
+    fn stopping(engine: EngineId, then: AfterStop) -> Job {
+        Job::Stopping {
+            engine,
+            then,
+            kill_at: None,
+        }
+    }
+}
+
+/// How fresh the news is when no engine can run, which decides whether the calm lines are due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum News {
+    /// Nothing changed: the lines repeat at the calm interval only.
+    Same,
+    /// The release or the engine to run changed: the lines are due at once.
+    Changed,
+    /// An engine just left (stopped, or exited at the upgrade): due at once, but its "no longer
+    /// compatible" line has been said already.
+    EngineLeft,
 }
 
 /// How the last child that exited on its own went, for the decision and the crash line.
@@ -209,9 +313,9 @@ struct LastExit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LockState {
     Free,
-    /// Asked for; `restart` remembers whether the start it is for follows a crash.
+    /// Asked for, for a start of this kind.
     Acquiring {
-        restart: bool,
+        start: StartKind,
     },
     Held,
 }
@@ -236,23 +340,19 @@ struct KnownRelease {
 pub struct Gate {
     engines: Vec<Covers>,
     rule: Rule,
-    wait_log_every: Duration,
-    start_secs: Duration,
+    timing: Timing,
+    mode: Mode,
     job: Job,
     lock: LockState,
     known: Option<KnownRelease>,
     backoff: Vec<RestartBackoff>,
-    /// When a waiting / no-engine / unknown-release line was last logged, to repeat it calmly.
-    last_wait_log: Option<Duration>,
+    /// The earliest moment a waiting / no-engine / unknown-release line may repeat. Not a
+    /// wake-up: the line names the latest block, so it is said with the next block after it.
+    calm_line_after: Option<Instant>,
     /// The problem last reported for an unknown release, so a change of problem is logged at once.
     last_release_error: Option<ReleaseError>,
-    shutting_down: bool,
-    /// After a hand-off: ask for no lock until the stand-by is over.
-    standby: bool,
-    /// A hand-off is waiting for its engine to be reaped.
-    handing_off: bool,
-    /// Time of the latest block event; child exits carry no time of their own.
-    now: Duration,
+    /// The moment of the event being handled.
+    now: Option<Instant>,
     /// Number of the latest block acted on: finality only moves forward.
     last_block: Option<u64>,
     /// How the last child that exited on its own went (uptime, status), for the crash line.
@@ -262,35 +362,26 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// Builds a gate for `engines` (at least one). `wait_log_every` bounds how often a waiting line
-    /// repeats; `start_secs` is how long a child must stay up for its crash back-off to reset.
-    pub fn new(
-        engines: Vec<Covers>,
-        rule: Rule,
-        wait_log_every: Duration,
-        start_secs: Duration,
-    ) -> Self {
+    /// Builds a gate for `engines` (at least one).
+    pub fn new(engines: Vec<Covers>, rule: Rule, timing: Timing) -> Self {
         assert!(!engines.is_empty(), "the gate needs at least one engine");
         let engines_len = engines.len();
         let backoff = engines
             .iter()
-            .map(|_| RestartBackoff::new(start_secs))
+            .map(|_| RestartBackoff::new(timing.start_secs))
             .collect();
         Gate {
             engines,
             rule,
-            wait_log_every,
-            start_secs,
+            timing,
+            mode: Mode::Active,
             job: Job::Idle,
             lock: LockState::Free,
             known: None,
             backoff,
-            last_wait_log: None,
+            calm_line_after: None,
             last_release_error: None,
-            shutting_down: false,
-            standby: false,
-            handing_off: false,
-            now: Duration::ZERO,
+            now: None,
             last_block: None,
             last_exit: None,
             replaced: vec![None; engines_len],
@@ -300,9 +391,9 @@ impl Gate {
     /// The engine whose child is alive (running or being stopped), if any.
     pub fn alive(&self) -> Option<EngineId> {
         match self.job {
-            Job::Running(engine) | Job::Stopping(engine) => Some(engine),
+            Job::Running(engine) | Job::Stopping { engine, .. } => Some(engine),
             Job::Idle
-            | Job::RestartPending(_)
+            | Job::RestartPending { .. }
             | Job::ExitCheck(_)
             | Job::RestartCheck(_)
             | Job::Retired(_) => None,
@@ -327,57 +418,100 @@ impl Gate {
         (known.target.is_none() && behind).then_some(known.version)
     }
 
-    /// How long a child must stay up before its crash back-off resets.
-    pub fn start_secs(&self) -> Duration {
-        self.start_secs
+    /// The earliest of the gate's own deadlines (a restart due, a stand-by ending, a fenced
+    /// engine to kill): the shell sends [`Event::Tick`] then, unless another event comes first.
+    /// Each deadline lives in the state it belongs to, so one that no longer matters is gone.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let restart_or_kill = match self.job {
+            Job::RestartPending { due, .. } => Some(due),
+            Job::Stopping { kill_at, .. } => kill_at,
+            _ => None,
+        };
+        let standby_end = match self.mode {
+            Mode::Standby { until } => Some(until),
+            Mode::Active | Mode::ShuttingDown => None,
+        };
+        [restart_or_kill, standby_end].into_iter().flatten().min()
     }
 
-    /// Feeds one event and returns what to do, in order.
-    pub fn step(&mut self, event: Event) -> Vec<Action> {
+    /// Feeds one event that happened at `now` (monotonic, never earlier than the last) and
+    /// returns what to do, in order. Deadlines that have come by `now` fire after the event.
+    pub fn step(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
+        self.now = Some(now);
+        self.on_event(now, event, &mut actions);
+        self.fire_due(now, &mut actions);
+        actions
+    }
+
+    /// The moment of the event being handled.
+    fn now(&self) -> Instant {
+        self.now
+            .expect("the gate only decides inside step, which sets the time")
+    }
+
+    fn on_event(&mut self, now: Instant, event: Event, actions: &mut Vec<Action>) {
         match event {
-            Event::Block {
-                block,
-                release,
-                now,
-            } => {
+            Event::Block { block, release } => {
                 if self.last_block.is_some_and(|last| block.number <= last) {
-                    return actions;
+                    return;
                 }
                 self.last_block = Some(block.number);
-                self.now = now;
                 match release {
-                    Ok(version) => self.on_release(block, version, &mut actions),
-                    Err(error) => self.on_unknown_release(block, error, &mut actions),
+                    Ok(version) => self.on_release(block, version, actions),
+                    Err(error) => self.on_unknown_release(block, error, actions),
                 }
             }
             Event::ChildExited {
                 engine,
                 uptime,
                 status,
-            } => self.on_child_exited(engine, uptime, status, &mut actions),
-            Event::RestartDue { engine } => self.on_restart_due(engine, &mut actions),
-            Event::HeadRelease { engine, answer } => {
-                self.on_head_release(engine, answer, &mut actions)
-            }
-            Event::LockGranted => self.on_lock_granted(&mut actions),
-            Event::LockLost { reason } => self.on_lock_lost(reason, &mut actions),
-            Event::HandOff => self.on_hand_off(&mut actions),
-            Event::StandbyOver => {
-                if self.standby {
-                    self.standby = false;
-                    actions.push(Action::Notify(Notice::StandbyOver));
-                    if self.job == Job::Idle && !self.shutting_down {
-                        self.start_or_wait(true, false, &mut actions);
-                    }
-                }
-            }
-            Event::Shutdown => self.on_shutdown(&mut actions),
+            } => self.on_child_exited(engine, uptime, status, actions),
+            Event::HeadRelease { engine, answer } => self.on_head_release(engine, answer, actions),
+            Event::LockGranted(grant) => self.on_lock_granted(grant, actions),
+            Event::LockLost { reason, kill_by } => self.on_lock_lost(reason, kill_by, actions),
+            Event::HandOff => self.on_hand_off(now, actions),
+            Event::Shutdown { signal } => self.on_shutdown(signal, actions),
             Event::EngineReplaced { engine, covers } => {
-                self.on_engine_replaced(engine, covers, &mut actions)
+                self.on_engine_replaced(engine, covers, actions)
+            }
+            Event::Tick => {}
+        }
+    }
+
+    /// Acts on every deadline that has come by `now`: the fencing deadline first (nothing is
+    /// more urgent than a lost lock), then the end of a stand-by, then a restart.
+    fn fire_due(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if let Job::Stopping {
+            engine,
+            then,
+            kill_at: Some(kill_at),
+        } = self.job
+        {
+            if kill_at <= now {
+                actions.push(Action::Kill {
+                    engine,
+                    cause: KillCause::FenceDeadline,
+                });
+                self.job = Job::stopping(engine, then);
             }
         }
-        actions
+        if let Mode::Standby { until } = self.mode {
+            if until <= now {
+                self.mode = Mode::Active;
+                actions.push(Action::Notify(Notice::StandbyOver));
+                if self.job == Job::Idle {
+                    self.start_or_wait(News::Changed, actions);
+                }
+            }
+        }
+        if let Job::RestartPending { engine, due } = self.job {
+            if due <= now {
+                // Never restart on a release the node has not confirmed: it may have moved on.
+                self.job = Job::RestartCheck(engine);
+                actions.push(Action::CheckHead { engine });
+            }
+        }
     }
 
     /// The running child is the old program and keeps running as it is; any other engine takes
@@ -394,7 +528,7 @@ impl Gate {
         }
         self.engines[engine] = covers;
         match self.known {
-            Some(known) if !self.shutting_down => {
+            Some(known) if self.mode != Mode::ShuttingDown => {
                 self.on_release(known.latest, known.version, actions)
             }
             _ => {}
@@ -409,7 +543,7 @@ impl Gate {
         self.engines[engine] = covers;
         if let Some(known) = &mut self.known {
             let keep = match self.job {
-                Job::RestartPending(engine) => Some(engine),
+                Job::RestartPending { engine, .. } => Some(engine),
                 _ => None,
             };
             let target = pick_engine(&self.engines, self.rule, known.version, keep);
@@ -426,10 +560,10 @@ impl Gate {
         // fits; one that left at an upgrade (retired) does not.
         let keep = match self.job {
             Job::Running(engine)
-            | Job::RestartPending(engine)
+            | Job::RestartPending { engine, .. }
             | Job::ExitCheck(engine)
             | Job::RestartCheck(engine) => Some(engine),
-            Job::Idle | Job::Stopping(_) | Job::Retired(_) => None,
+            Job::Idle | Job::Stopping { .. } | Job::Retired(_) => None,
         };
         let target = pick_engine(&self.engines, self.rule, version, keep);
         let target_changed = self.known.is_none_or(|known| known.target != target);
@@ -453,46 +587,50 @@ impl Gate {
             upgrade_pending,
             latest: block,
         });
-        if self.shutting_down {
+        if self.mode == Mode::ShuttingDown {
             return;
         }
-
+        let news = if release_changed || target_changed {
+            News::Changed
+        } else {
+            News::Same
+        };
         match self.job {
             Job::Running(engine) if Some(engine) != target => {
                 let notice = self.incompatible_notice(engine, version, block);
                 actions.push(Action::Notify(notice));
                 actions.push(Action::Stop { engine });
-                self.job = Job::Stopping(engine);
+                self.job = Job::stopping(engine, AfterStop::Target);
             }
-            Job::RestartPending(engine) if Some(engine) != target => {
+            Job::RestartPending { engine, .. } if Some(engine) != target => {
                 // The pending restart is void: the engine is no longer the one to run.
                 let notice = self.incompatible_notice(engine, version, block);
                 actions.push(Action::Notify(notice));
                 self.job = Job::Idle;
-                self.start_or_wait(release_changed || target_changed, false, actions);
+                self.start_or_wait(news, actions);
             }
             Job::RestartCheck(engine) if Some(engine) != target => {
                 let notice = self.incompatible_notice(engine, version, block);
                 actions.push(Action::Notify(notice));
                 self.job = Job::Idle;
-                self.start_or_wait(release_changed || target_changed, false, actions);
+                self.start_or_wait(news, actions);
             }
             Job::ExitCheck(engine) if self.exited_program_left(engine, target, version) => {
                 // The follower reached the upgrade before the head was read: the answer is in.
                 let covered = self.exited_covers(engine);
                 self.exited_at_upgrade(covered, version, block, actions);
                 self.job = Job::Idle;
-                self.start_or_wait(true, true, actions);
+                self.start_or_wait(News::EngineLeft, actions);
             }
             Job::Retired(engine) if self.exited_program_left(engine, target, version) => {
                 // The upgrade block the retired engine left at: the hand-over completes here.
                 self.job = Job::Idle;
-                self.start_or_wait(true, true, actions);
+                self.start_or_wait(News::EngineLeft, actions);
             }
-            Job::Idle => self.start_or_wait(release_changed || target_changed, false, actions),
+            Job::Idle => self.start_or_wait(news, actions),
             Job::Running(_)
-            | Job::Stopping(_)
-            | Job::RestartPending(_)
+            | Job::Stopping { .. }
+            | Job::RestartPending { .. }
             | Job::ExitCheck(_)
             | Job::RestartCheck(_)
             | Job::Retired(_) => {}
@@ -515,17 +653,16 @@ impl Gate {
         }
     }
 
-    /// With no child alive: start the target, or say why nothing runs (calmly, not per block).
-    /// `changed` says the news is fresh, so the lines are due at once; `after_stop` says the
-    /// "no longer compatible" line was just logged for the engine that stopped.
-    fn start_or_wait(&mut self, changed: bool, after_stop: bool, actions: &mut Vec<Action>) {
+    /// With no child alive: start the target, or say why nothing runs (calmly, not per block,
+    /// unless the `news` is fresh).
+    fn start_or_wait(&mut self, news: News, actions: &mut Vec<Action>) {
         let Some(known) = self.known else { return };
         if let Some(engine) = known.target {
-            self.start(engine, known, false, actions);
+            self.start(engine, known, StartKind::Fresh, actions);
             return;
         }
         self.give_back_lock(actions);
-        if !self.calm_line_due(changed) {
+        if !self.calm_line_due(news != News::Same) {
             return;
         }
         for covers in &self.engines {
@@ -537,7 +674,7 @@ impl Gate {
                     block,
                 })),
                 // Said once per change: repeating it adds nothing the no-engine line does not say.
-                Compatibility::NoLongerCompatible if changed && !after_stop => {
+                Compatibility::NoLongerCompatible if news == News::Changed => {
                     actions.push(Action::Notify(Notice::NoLongerCompatible {
                         engine: covers.newest(),
                         release,
@@ -566,16 +703,16 @@ impl Gate {
         &mut self,
         engine: EngineId,
         known: KnownRelease,
-        restart: bool,
+        kind: StartKind,
         actions: &mut Vec<Action>,
     ) {
-        match self.lock {
-            LockState::Held => {}
-            LockState::Acquiring { .. } => return,
-            LockState::Free if self.standby => return,
-            LockState::Free => {
+        match (self.lock, self.mode) {
+            (LockState::Held, _) => {}
+            (LockState::Acquiring { .. }, _) => return,
+            (LockState::Free, Mode::Standby { .. } | Mode::ShuttingDown) => return,
+            (LockState::Free, Mode::Active) => {
                 actions.push(Action::AcquireLock);
-                self.lock = LockState::Acquiring { restart };
+                self.lock = LockState::Acquiring { start: kind };
                 return;
             }
         }
@@ -583,7 +720,7 @@ impl Gate {
             engine: self.engines[engine].clone(),
             release: known.version,
             block: known.since,
-            restart,
+            kind,
         }));
         actions.push(Action::Start {
             engine,
@@ -593,19 +730,16 @@ impl Gate {
             known.upgrade_pending = false;
         }
         self.job = Job::Running(engine);
-        self.last_wait_log = None;
+        self.calm_line_after = None;
     }
 
     /// Whether a "nothing runs" line is due: at once when the news is fresh, else at most every
     /// `wait_log_every`. Marks it as said when it is.
-    fn calm_line_due(&mut self, changed: bool) -> bool {
-        let now = self.now;
-        let due = changed
-            || self
-                .last_wait_log
-                .is_none_or(|last| now.saturating_sub(last) >= self.wait_log_every);
+    fn calm_line_due(&mut self, fresh: bool) -> bool {
+        let now = self.now();
+        let due = fresh || self.calm_line_after.is_none_or(|after| now >= after);
         if due {
-            self.last_wait_log = Some(now);
+            self.calm_line_after = Some(now + self.timing.wait_log_every);
         }
         due
     }
@@ -620,16 +754,21 @@ impl Gate {
         self.lock = LockState::Free;
     }
 
-    fn on_lock_granted(&mut self, actions: &mut Vec<Action>) {
-        let LockState::Acquiring { restart } = self.lock else {
+    fn on_lock_granted(&mut self, grant: Grant, actions: &mut Vec<Action>) {
+        let LockState::Acquiring { start } = self.lock else {
             // A grant that crossed a cancel: the lock is ours after all, and nobody wants it.
             actions.push(Action::ReleaseLock);
             return;
         };
+        if grant == Grant::Expired {
+            // Starting an engine on it could overlap a new holder: still acquiring.
+            actions.push(Action::RetryLock);
+            return;
+        }
         self.lock = LockState::Held;
         match (self.job, self.known) {
-            (Job::Idle, Some(known)) if !self.shutting_down => match known.target {
-                Some(engine) => self.start(engine, known, restart, actions),
+            (Job::Idle, Some(known)) if self.mode == Mode::Active => match known.target {
+                Some(engine) => self.start(engine, known, start, actions),
                 None => self.give_back_lock(actions),
             },
             _ => self.give_back_lock(actions),
@@ -661,27 +800,32 @@ impl Gate {
         actions: &mut Vec<Action>,
     ) {
         match self.job {
-            Job::Stopping(stopping) if stopping == engine => {
+            Job::Stopping {
+                engine: stopping,
+                then,
+                ..
+            } if stopping == engine => {
                 actions.push(Action::Notify(Notice::Stopped {
                     engine: self.engines[engine].clone(),
                     status,
                 }));
                 self.job = Job::Idle;
                 self.take_replacement(engine);
-                if self.shutting_down {
-                    self.give_back_lock(actions);
-                    actions.push(Action::Exit);
-                } else if self.handing_off {
-                    self.handing_off = false;
-                    self.give_back_lock(actions);
-                    actions.push(Action::HandedOff);
-                    if !self.standby {
-                        // The stand-by ran out while the engine was still stopping.
-                        self.start_or_wait(true, true, actions);
+                match then {
+                    AfterStop::Exit => {
+                        self.give_back_lock(actions);
+                        actions.push(Action::Exit);
                     }
-                } else {
+                    AfterStop::HandOff => {
+                        self.give_back_lock(actions);
+                        actions.push(Action::HandedOff);
+                        if self.mode == Mode::Active {
+                            // The stand-by ran out while the engine was still stopping.
+                            self.start_or_wait(News::EngineLeft, actions);
+                        }
+                    }
                     // A stop always completes before the next start: this is the hand-over point.
-                    self.start_or_wait(true, true, actions);
+                    AfterStop::Target => self.start_or_wait(News::EngineLeft, actions),
                 }
             }
             Job::Running(running) if running == engine => {
@@ -700,15 +844,6 @@ impl Gate {
             // An exit for a child the gate no longer tracks changes nothing.
             _ => {}
         }
-    }
-
-    fn on_restart_due(&mut self, engine: EngineId, actions: &mut Vec<Action>) {
-        if self.job != Job::RestartPending(engine) {
-            return;
-        }
-        // Never restart on a release the node has not confirmed: it may have moved on.
-        self.job = Job::RestartCheck(engine);
-        actions.push(Action::CheckHead { engine });
     }
 
     /// Decides what an engine's own exit (or a due restart) means, from the release at the head.
@@ -757,11 +892,10 @@ impl Gate {
                     restart_in,
                     unconfirmed: fits.err(),
                 }));
-                actions.push(Action::ScheduleRestart {
+                self.job = Job::RestartPending {
                     engine,
-                    after: restart_in,
-                });
-                self.job = Job::RestartPending(engine);
+                    due: self.now() + restart_in,
+                };
                 // Reaped: the lock goes back until the restart, so an idle shim holds nothing.
                 self.give_back_lock(actions);
             }
@@ -769,10 +903,12 @@ impl Gate {
                 self.job = Job::Idle;
                 match self.known {
                     Some(known) if known.target == Some(engine) => {
-                        self.start(engine, known, true, actions)
+                        self.start(engine, known, StartKind::Restart, actions)
                     }
                     // E.g. the engine was replaced on disk meanwhile and no longer fits.
-                    Some(_) if !self.shutting_down => self.start_or_wait(true, false, actions),
+                    Some(_) if self.mode != Mode::ShuttingDown => {
+                        self.start_or_wait(News::Changed, actions)
+                    }
                     _ => {}
                 }
             }
@@ -783,11 +919,10 @@ impl Gate {
                     error,
                     retry_in,
                 }));
-                actions.push(Action::ScheduleRestart {
+                self.job = Job::RestartPending {
                     engine,
-                    after: retry_in,
-                });
-                self.job = Job::RestartPending(engine);
+                    due: self.now() + retry_in,
+                };
             }
         }
     }
@@ -834,48 +969,66 @@ impl Gate {
         }));
     }
 
-    fn on_lock_lost(&mut self, reason: String, actions: &mut Vec<Action>) {
+    fn on_lock_lost(&mut self, reason: String, kill_by: Instant, actions: &mut Vec<Action>) {
         if self.lock != LockState::Held {
+            // A loss that belongs to an earlier grant (see the lock module): nothing to act on.
             return;
         }
         // Lost means not ours any more: there is nothing to give back.
         self.lock = LockState::Free;
-        match self.job {
-            Job::Running(engine) | Job::Stopping(engine) => {
-                actions.push(Action::Notify(Notice::Fenced {
-                    engine: self.engines[engine].clone(),
-                    reason,
-                }));
-                actions.push(Action::Fence { engine });
-                self.job = Job::Stopping(engine);
-            }
+        let (engine, then, kill_at) = match self.job {
+            Job::Running(engine) => (engine, AfterStop::Target, kill_by),
+            Job::Stopping {
+                engine,
+                then,
+                kill_at,
+            } => (engine, then, kill_at.map_or(kill_by, |at| at.min(kill_by))),
             Job::Idle
-            | Job::RestartPending(_)
+            | Job::RestartPending { .. }
             | Job::ExitCheck(_)
             | Job::RestartCheck(_)
-            | Job::Retired(_) => {}
-        }
+            | Job::Retired(_) => return,
+        };
+        actions.push(Action::Notify(Notice::Fenced {
+            engine: self.engines[engine].clone(),
+            reason,
+        }));
+        actions.push(Action::Fence { engine });
+        self.job = Job::Stopping {
+            engine,
+            then,
+            kill_at: Some(kill_at),
+        };
     }
 
-    /// Stop the engine, give the lock back and stand by, so another instance takes over.
-    fn on_hand_off(&mut self, actions: &mut Vec<Action>) {
-        if self.shutting_down {
+    /// Stop the engine, give the lock back and stand by, so another instance takes over. A
+    /// request during a stand-by starts the stand-by afresh.
+    fn on_hand_off(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if self.mode == Mode::ShuttingDown {
             return;
         }
         actions.push(Action::Notify(Notice::HandingOff {
             engine: self.alive().map(|engine| self.engines[engine].clone()),
         }));
-        self.standby = true;
-        actions.push(Action::Standby);
+        self.mode = Mode::Standby {
+            until: now + self.timing.standby,
+        };
         match self.job {
             Job::Running(engine) => {
                 actions.push(Action::Stop { engine });
-                self.job = Job::Stopping(engine);
-                self.handing_off = true;
+                self.job = Job::stopping(engine, AfterStop::HandOff);
             }
-            Job::Stopping(_) => self.handing_off = true,
+            Job::Stopping {
+                engine, kill_at, ..
+            } => {
+                self.job = Job::Stopping {
+                    engine,
+                    then: AfterStop::HandOff,
+                    kill_at,
+                }
+            }
             Job::Idle
-            | Job::RestartPending(_)
+            | Job::RestartPending { .. }
             | Job::ExitCheck(_)
             | Job::RestartCheck(_)
             | Job::Retired(_) => {
@@ -886,19 +1039,39 @@ impl Gate {
         }
     }
 
-    fn on_shutdown(&mut self, actions: &mut Vec<Action>) {
-        if self.shutting_down {
+    /// The first request stops the engine gracefully and exits once it is reaped; a second one
+    /// kills the engine at once.
+    fn on_shutdown(&mut self, signal: &'static str, actions: &mut Vec<Action>) {
+        if self.mode == Mode::ShuttingDown {
+            actions.push(Action::Notify(Notice::ShutdownAgain { signal }));
+            if let Job::Stopping { engine, then, .. } = self.job {
+                actions.push(Action::Kill {
+                    engine,
+                    cause: KillCause::SecondSignal,
+                });
+                // Killed: no fencing deadline is left to keep.
+                self.job = Job::stopping(engine, then);
+            }
             return;
         }
-        self.shutting_down = true;
+        actions.push(Action::Notify(Notice::ShutdownRequested { signal }));
+        self.mode = Mode::ShuttingDown;
         match self.job {
             Job::Running(engine) => {
                 actions.push(Action::Stop { engine });
-                self.job = Job::Stopping(engine);
+                self.job = Job::stopping(engine, AfterStop::Exit);
             }
-            Job::Stopping(_) => {}
+            Job::Stopping {
+                engine, kill_at, ..
+            } => {
+                self.job = Job::Stopping {
+                    engine,
+                    then: AfterStop::Exit,
+                    kill_at,
+                }
+            }
             Job::Idle
-            | Job::RestartPending(_)
+            | Job::RestartPending { .. }
             | Job::ExitCheck(_)
             | Job::RestartCheck(_)
             | Job::Retired(_) => {

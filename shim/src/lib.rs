@@ -1,31 +1,67 @@
 //! engine-shim: runs exactly the engine version compatible with the chain's on-chain release.
 //!
-//! Data flows one way: the [`follower`] turns finalized blocks into observations, the pure [`gate`]
-//! turns observations and child exits into actions, and the [`supervisor`] carries them out on real
+//! Data flows one way: the [`follower`] turns finalized blocks into observations, the pure gate
+//! turns observations and child exits into actions, and the supervisor carries them out on real
 //! processes. [`check`] answers the same compatibility question once, for scripts and CI.
+//!
+//! # Public API
+//! Small on purpose; everything else is crate-private so it can change freely.
+//! - [`run::run`]`(config, requests)`: the `run` shell. It takes a plain [`config::RunConfig`] and
+//!   a channel of [`run::Request`]s (shutdown, hand-off, reload); the binary installs the OS
+//!   signal handlers and turns signals into requests, so a test can run the shell in-process.
+//! - [`check::run`]`(request)`: the `check` answer for a plain [`check::CheckRequest`].
+//! - [`config`]: the settings as clap-free layers ([`config::Overrides`] over the config file
+//!   over [`defaults`], the one table of defaults).
+//! - [`cli`]: the flags (clap), turned into the plain values above; used by the binary only.
+//! - [`follower`]: every finalized block in order with the release at it (used by fake-engine
+//!   and the benchmarks).
+//! - [`block`], [`version`], [`storage_key`], and the Chainflip log lines in [`telemetry`]: the
+//!   vocabulary fake-node shares with the shim.
+//! - [`lock`]: public for now (the PostgreSQL lock is being reshaped); nothing outside uses it.
+//! - [`guardian_main`], [`request_hand_off`], [`send_hand_off`]: what the binary becomes or calls
+//!   besides the shells.
+//!
+//! # Layers
+//! Modules depend downwards only; a unit test (`layers`) fails on any import circle:
+//! 1. vocabulary: `block`, `version`, `storage_key`, `backoff`, `covers`, `defaults`;
+//! 2. machines and I/O pieces: `gate` (pure), `lock`, `rpc`, `follower`, `supervisor`,
+//!    `guardian`, `probe`, `elf`, `watch`, `head`, `control`, `metrics`, `telemetry`;
+//! 3. settings: `config` (clap-free);
+//! 4. shells: `run`, `check`;
+//! 5. edge: `cli` (clap) and the binary (`main.rs`: flags, signals, exit codes).
 
-pub mod accept;
-pub mod backoff;
+pub(crate) mod accept;
+pub(crate) mod backoff;
 pub mod block;
 pub mod check;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod covers;
-pub mod elf;
+pub(crate) mod control;
+pub(crate) mod covers;
+pub mod defaults;
+pub(crate) mod elf;
 pub mod follower;
-pub mod gate;
-pub mod guardian;
-pub mod handoff_pid;
-pub mod head;
+pub(crate) mod gate;
+pub(crate) mod guardian;
+pub(crate) mod handoff_pid;
+pub(crate) mod head;
 pub mod lock;
-pub mod metrics;
-pub mod preflight;
-pub mod probe;
-pub mod rpc;
+pub(crate) mod metrics;
+pub(crate) mod preflight;
+pub(crate) mod probe;
+pub(crate) mod rpc;
 pub mod run;
 pub mod storage_key;
-pub mod supervisor;
+pub(crate) mod supervisor;
 pub mod telemetry;
 pub mod version;
-pub mod watch;
+pub(crate) mod watch;
+
+// What the binary needs beyond the public modules: the guardian it becomes when the supervisor
+// starts it, and the two ways `engine-shim handoff` reaches a running instance.
+pub use control::request_hand_off;
+pub use guardian::{main as guardian_main, SUBCOMMAND as GUARDIAN_SUBCOMMAND};
+pub use handoff_pid::{send_hand_off, HandOffPidError};
+
+#[cfg(test)]
+mod layers;

@@ -1,7 +1,9 @@
 //! `engine-shim run`: the async shell around the gate.
 //!
-//! It feeds the gate events from three sources (the follower, child exits, restart timers) plus
-//! signals, and carries out the gate's actions on real processes. All decisions stay in the gate.
+//! It feeds the gate events (the follower's blocks, child exits, lock news, the node's answers,
+//! signals and hand-off requests), each with the moment it is handled, and carries out the gate's
+//! actions on real processes. All decisions stay in the gate, and so does time: the loop's only
+//! timer is a sleep until the gate's next deadline, which then feeds it `Event::Tick`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -9,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -18,7 +19,7 @@ use crate::config::{validate_engines, Reload, RunConfig};
 use crate::control::{self, HandOffRequest};
 use crate::covers::Covers;
 use crate::follower::{follow, FollowerConfig, FollowerEvent};
-use crate::gate::{Action, EngineId, Event, Gate};
+use crate::gate::{Action, EngineId, Event, Gate, Grant, KillCause, Timing};
 use crate::lock::{
     HolderInfo, Lock, LockEvent, LockSpec, LockSpecError, Password, PgOptions, PASSWORD_ENV,
     PASSWORD_FILE_ENV,
@@ -39,6 +40,23 @@ const HEAD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the engine programs are looked at for an in-place upgrade.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// What the outside world asks of a running shim. The binary turns the OS signals into these
+/// (SIGTERM/SIGINT, SIGUSR1, SIGHUP), so the shell itself installs no signal handler and can run
+/// in-process, asked by a test through the same channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Stop the engine, give the lock back and exit 0; a second one kills the engine at once.
+    /// `signal` names the cause in the log (`SIGTERM`).
+    Shutdown { signal: &'static str },
+    /// Stop the engine, give the lock back and stand by (as `engine-shim handoff`).
+    HandOff { signal: &'static str },
+    /// Re-read the config file and probe every engine again.
+    Reload,
+}
+
+/// The channel [`run`] takes its [`Request`]s from. Once every sender is gone no more come.
+pub type Requests = mpsc::UnboundedReceiver<Request>;
+
 /// A start-up problem in what the operator asked for (exit code 2), as opposed to a failure.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -46,7 +64,7 @@ pub struct UsageError(pub String);
 
 /// One engine the shim may run: the versions it covers and how to launch it.
 #[derive(Debug, Clone)]
-pub struct Engine {
+pub(crate) struct Engine {
     pub covers: Covers,
     pub command: Vec<String>,
 }
@@ -54,7 +72,13 @@ pub struct Engine {
 impl Engine {
     /// The launch for the hand-over block: `{block}`, `{block_hash}` and `{lock_epoch}` are replaced
     /// in the args, and the same facts go into `ENGINE_SHIM_*` variables.
-    pub fn launch_spec(&self, block: BlockRef, lock_epoch: Option<u64>) -> LaunchSpec {
+    /// The engine runs under `guardian`, the `engine-shim` binary.
+    pub(crate) fn launch_spec(
+        &self,
+        block: BlockRef,
+        lock_epoch: Option<u64>,
+        guardian: &Path,
+    ) -> LaunchSpec {
         let epoch = lock_epoch.map(|e| e.to_string()).unwrap_or_default();
         let substitute = |arg: &str| {
             arg.replace("{block_hash}", &block.hash.to_string())
@@ -80,8 +104,7 @@ impl Engine {
             keep_lock: None,
             // The database password is the shim's, never the engine's.
             env_remove: vec![PASSWORD_ENV.into(), PASSWORD_FILE_ENV.into()],
-            // This very binary, even if an upgrade has replaced the file on disk since.
-            guardian: "/proc/self/exe".into(),
+            guardian: guardian.to_path_buf(),
         }
     }
 }
@@ -184,11 +207,40 @@ fn lock_spec(config: &RunConfig) -> anyhow::Result<LockSpec> {
 }
 
 /// Checks everything that can be checked without the node, resolves the engines and the lock,
-/// then runs until SIGTERM/SIGINT.
-pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let lock = lock_spec(&config)?;
-    preflight(&config, &lock)?;
-    let engines = resolve_engines(&config).await?;
+/// then runs until asked to shut down. A shutdown asked for while starting ends the start-up
+/// (nothing runs yet, no lock is held); other requests wait until the shell runs.
+pub async fn run(config: RunConfig, mut requests: Requests) -> anyhow::Result<()> {
+    let mut early = Vec::new();
+    let start = start(&config);
+    tokio::pin!(start);
+    let (shell, follower, _held) = loop {
+        tokio::select! {
+            biased;
+            Some(request) = requests.recv() => match request {
+                Request::Shutdown { signal } => {
+                    info!("{signal} received while starting; exiting (no engine was started)");
+                    return Ok(());
+                }
+                other => early.push(other),
+            },
+            started = &mut start => break started?,
+        }
+    };
+    shell.run(follower, early, requests).await
+}
+
+/// What must live as long as the shell: the control socket (dropping it removes the file) and the
+/// engine watcher (dropping it stops the task).
+struct Held {
+    _control_socket: Option<control::ControlSocket>,
+    _watcher: AbortOnDrop,
+}
+
+/// Everything before the event loop: checks, engines, lock, control socket, metrics, watcher.
+async fn start(config: &RunConfig) -> anyhow::Result<(Shell, FollowerConfig, Held)> {
+    let lock = lock_spec(config)?;
+    preflight(config, &lock)?;
+    let engines = resolve_engines(config).await?;
     let listed = engines
         .iter()
         .map(|e| format!("{} ({})", e.covers, e.command[0]))
@@ -199,26 +251,25 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         "engine-shim {} supervising {listed}; following {}; lock {lock}",
         env!("CARGO_PKG_VERSION"), config.node
     );
-    let follower = FollowerConfig {
-        url: config.node.clone(),
-        storage_key: config.storage_key.clone(),
-        stale_after: config.stale_after,
-        ping_interval: Duration::from_secs(10).min(config.stale_after),
-        request_timeout: Duration::from_secs(30),
-        backoff_initial: Duration::from_millis(250),
-        backoff_max: config.reconnect_max,
-        syncing_poll: Duration::from_secs(2),
-        behind_log_every: config.wait_log_every,
-    };
+    let follower = FollowerConfig::with(
+        config.node.clone(),
+        config.storage_key.clone(),
+        config.stale_after,
+        config.reconnect_max,
+        config.wait_log_every,
+    );
     let gate = Gate::new(
         engines.iter().map(|e| e.covers.clone()).collect(),
         config.rule,
-        config.wait_log_every,
-        config.start_secs,
+        Timing {
+            wait_log_every: config.wait_log_every,
+            start_secs: config.start_secs,
+            standby: config.standby,
+        },
     );
     let (control_tx, control_rx) = mpsc::channel(8);
     // Held until `run` returns, however it returns: dropping it removes the socket file.
-    let _control_socket = match &config.control_socket {
+    let control_socket = match &config.control_socket {
         Some(path) => Some(control::serve(path.clone(), control_tx).await.map_err(
             |e| match e {
                 control::ListenError::Refused(message) => UsageError(message).into(),
@@ -237,7 +288,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (replaced_tx, replaced_rx) = mpsc::unbounded_channel();
     let (rescan_tx, rescan_rx) = mpsc::unbounded_channel();
     let watcher = tokio::spawn(watch(
-        watched_engines(&config)?,
+        watched_engines(config)?,
         WATCH_EVERY,
         PROBE_TIMEOUT,
         rescan_rx,
@@ -255,11 +306,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         rescan_tx,
         reload: config.reload.clone(),
         rule: config.rule,
+        guardian: config.guardian.clone(),
     };
-    let _stop_watching = AbortOnDrop(watcher);
-    Shell::new(engines, gate, config.grace, config.standby, outside)
-        .run(follower)
-        .await
+    let held = Held {
+        _control_socket: control_socket,
+        _watcher: AbortOnDrop(watcher),
+    };
+    let shell = Shell::new(engines, gate, config.grace, config.standby, outside);
+    Ok((shell, follower, held))
 }
 
 /// Where to read the release at the finalized head when the gate asks ([`Action::CheckHead`]).
@@ -290,6 +344,7 @@ struct Outside {
     rescan_tx: mpsc::UnboundedSender<Option<Vec<Watched>>>,
     reload: Option<Reload>,
     rule: Rule,
+    guardian: PathBuf,
 }
 
 /// The event loop's state: the gate, the live children and the channels that feed the gate.
@@ -297,28 +352,21 @@ struct Shell {
     engines: Vec<Engine>,
     gate: Gate,
     grace: Duration,
-    started: Instant,
     children: HashMap<EngineId, ChildHandle>,
     exits_tx: mpsc::UnboundedSender<ChildExit>,
     exits_rx: mpsc::UnboundedReceiver<ChildExit>,
-    restarts_tx: mpsc::UnboundedSender<EngineId>,
-    restarts_rx: mpsc::UnboundedReceiver<EngineId>,
     lock: Lock,
     lock_tx: mpsc::UnboundedSender<LockEvent>,
     lock_rx: mpsc::UnboundedReceiver<LockEvent>,
-    /// Time left to the lock's fencing deadline, from the last loss: a fenced engine gets no more.
-    fence_within: Duration,
     /// The epoch of the lock held now (lease locks), handed to the engine for fencing downstream.
     lock_epoch: Option<u64>,
-    /// How long to ask for no lock after a hand-off.
+    /// How long the instance stands by after a hand-off (the gate keeps the time; this is for
+    /// the answer to the operator).
     standby: Duration,
-    standby_tx: mpsc::UnboundedSender<()>,
-    standby_rx: mpsc::UnboundedReceiver<()>,
     control_rx: mpsc::Receiver<HandOffRequest>,
     /// `engine-shim handoff` clients waiting for the hand-off to complete.
     hand_off_waiters: Vec<oneshot::Sender<String>>,
     metrics: Arc<Metrics>,
-    shutting_down: bool,
     /// Where to read the release at the finalized head; answers come back on `heads_rx`.
     head: HeadCheck,
     heads_tx: mpsc::UnboundedSender<Event>,
@@ -327,6 +375,8 @@ struct Shell {
     rescan_tx: mpsc::UnboundedSender<Option<Vec<Watched>>>,
     reload: Option<Reload>,
     rule: Rule,
+    /// The `engine-shim` binary every engine runs under.
+    guardian: PathBuf,
 }
 
 impl Shell {
@@ -338,9 +388,7 @@ impl Shell {
         outside: Outside,
     ) -> Self {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-        let (restarts_tx, restarts_rx) = mpsc::unbounded_channel();
         let (lock_tx, lock_rx) = mpsc::unbounded_channel();
-        let (standby_tx, standby_rx) = mpsc::unbounded_channel();
         let (heads_tx, heads_rx) = mpsc::unbounded_channel();
         let Outside {
             head,
@@ -351,29 +399,23 @@ impl Shell {
             rescan_tx,
             reload,
             rule,
+            guardian,
         } = outside;
         Shell {
             engines,
             gate,
             grace,
-            started: Instant::now(),
             children: HashMap::new(),
             exits_tx,
             exits_rx,
-            restarts_tx,
-            restarts_rx,
             lock,
             lock_tx,
             lock_rx,
-            fence_within: Duration::ZERO,
             lock_epoch: None,
             standby,
-            standby_tx,
-            standby_rx,
             control_rx,
             hand_off_waiters: Vec::new(),
             metrics,
-            shutting_down: false,
             head,
             heads_tx,
             heads_rx,
@@ -381,20 +423,32 @@ impl Shell {
             rescan_tx,
             reload,
             rule,
+            guardian,
         }
     }
 
-    async fn run(mut self, follower: FollowerConfig) -> anyhow::Result<()> {
-        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut sigusr1 =
-            signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
-        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    async fn run(
+        mut self,
+        follower: FollowerConfig,
+        early: Vec<Request>,
+        mut requests: Requests,
+    ) -> anyhow::Result<()> {
         let (blocks_tx, mut blocks_rx) = mpsc::channel(1024);
         let follower = tokio::spawn(follow(follower, blocks_tx));
+        let mut early = VecDeque::from(early);
         let result = loop {
+            if let Some(request) = early.pop_front() {
+                if let Some(event) = self.on_request(request) {
+                    if self.handle(event) {
+                        break Ok(());
+                    }
+                }
+                continue;
+            }
+            let deadline = self.gate.next_deadline();
             // Biased, lock first: after a pause (SIGSTOP, VM freeze) a lost lock must be acted on
-            // before anything else that became ready at the same time.
+            // before anything else that became ready at the same time; then the gate's deadline
+            // (a fenced engine to kill is next in urgency).
             let event = tokio::select! {
                 biased;
                 Some(event) = self.lock_rx.recv() => match self.on_lock_event(event) {
@@ -402,33 +456,29 @@ impl Shell {
                     Ok(None) => continue,
                     Err(e) => break Err(e),
                 },
+                () = sleep_until_or_forever(deadline) => Event::Tick,
                 Some(event) = blocks_rx.recv() => match event {
                     FollowerEvent::Block { block, release } => {
                         self.metrics.block(block.number, release.as_ref().ok().copied());
-                        Event::Block { block, release, now: self.started.elapsed() }
+                        Event::Block { block, release }
                     }
                     other => { telemetry::follower_event(&other); continue; }
                 },
                 Some(exit) = self.exits_rx.recv() => self.on_exit(exit),
-                Some(engine) = self.restarts_rx.recv() => Event::RestartDue { engine },
                 Some(answer) = self.heads_rx.recv() => answer,
-                _ = sigterm.recv() => self.on_signal("SIGTERM"),
-                _ = sigint.recv() => self.on_signal("SIGINT"),
-                _ = sigusr1.recv() => {
-                    info!("SIGUSR1 received: handing off");
-                    Event::HandOff
-                }
+                Some(request) = requests.recv() => match self.on_request(request) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 Some(request) = self.control_rx.recv() => {
                     info!("hand-off requested on the control socket");
                     self.hand_off_waiters.push(request.reply);
                     Event::HandOff
                 }
-                Some(()) = self.standby_rx.recv() => Event::StandbyOver,
                 Some(replaced) = self.replaced_rx.recv() => match self.on_replaced(replaced) {
                     Some(event) => event,
                     None => continue,
                 },
-                _ = sighup.recv() => { self.on_sighup(); continue; }
             };
             if self.handle(event) {
                 break Ok(());
@@ -444,6 +494,22 @@ impl Shell {
             );
         }
         result
+    }
+
+    /// A request from outside (a signal, in the binary) as a gate event; a reload is carried out
+    /// here and concerns the gate only through the re-probed engines.
+    fn on_request(&mut self, request: Request) -> Option<Event> {
+        match request {
+            Request::Shutdown { signal } => Some(Event::Shutdown { signal }),
+            Request::HandOff { signal } => {
+                info!("{signal} received: handing off");
+                Some(Event::HandOff)
+            }
+            Request::Reload => {
+                self.on_sighup();
+                None
+            }
+        }
     }
 
     /// An engine's program changed on disk (or was re-probed): log what it covers now and tell
@@ -542,12 +608,9 @@ impl Shell {
     fn on_lock_event(&mut self, event: LockEvent) -> anyhow::Result<Option<Event>> {
         let spec = self.lock.spec().clone();
         if matches!(event, LockEvent::Granted { .. }) && !self.lock.usable() {
-            // Granted, but its renew deadline passed before the grant could be used (a pause):
-            // starting an engine on it could overlap a new holder. Give it back and ask again.
-            warn!(lock = %spec, "the lock {spec} was granted, but its renewal deadline passed before it could be used (was this process paused?); asking again");
-            self.lock.release();
-            self.acquire_lock();
-            return Ok(None);
+            // Its renew deadline passed before the grant could be used (a pause): the gate
+            // decides what that means.
+            return Ok(Some(Event::LockGranted(Grant::Expired)));
         }
         match event {
             LockEvent::Waiting {
@@ -565,24 +628,25 @@ impl Shell {
                 info!(lock = %spec, "acquired the lock {spec}");
                 self.lock_epoch = None;
                 self.metrics.lock(true, None);
-                Ok(Some(Event::LockGranted))
+                Ok(Some(Event::LockGranted(Grant::Usable)))
             }
             LockEvent::Granted { epoch: Some(epoch) } => {
                 info!(lock = %spec, lock_epoch = epoch, "acquired the lock {spec} (epoch {epoch})");
                 self.lock_epoch = Some(epoch);
                 self.metrics.lock(true, Some(epoch));
-                Ok(Some(Event::LockGranted))
+                Ok(Some(Event::LockGranted(Grant::Usable)))
             }
             LockEvent::Lost { reason, kill_by } => {
-                // The engine must be dead by `kill_by`: the gate fences, and the stop it asks for
-                // gets no more grace than what is left.
-                self.fence_within = kill_by.remaining();
+                // The engine must be dead by `kill_by` (on the boot-time clock): the gate fences
+                // and kills it then, on the clock it is fed.
+                let remaining = kill_by.remaining();
                 self.metrics.fenced();
-                let within = Duration::from_millis(self.fence_within.as_millis() as u64);
+                let within = Duration::from_millis(remaining.as_millis() as u64);
                 warn!(lock = %spec, kill_within_ms = within.as_millis() as u64,
                     "lost the lock {spec}: {reason}; the engine must be gone within {}",
                     humantime::format_duration(within));
-                Ok(Some(Event::LockLost { reason }))
+                let kill_by = Instant::now() + remaining;
+                Ok(Some(Event::LockLost { reason, kill_by }))
             }
             LockEvent::Failed { error } => {
                 Err(anyhow::anyhow!("the lock {spec} cannot be used: {error}"))
@@ -597,23 +661,11 @@ impl Shell {
         self.lock.acquire(me, self.lock_tx.clone());
     }
 
-    fn on_signal(&mut self, name: &str) -> Event {
-        if self.shutting_down {
-            // A second signal means "now": do not wait out the grace period.
-            warn!("{name} again: killing the engine now");
-            self.children.values().for_each(ChildHandle::kill_now);
-        } else {
-            info!("{name} received: stopping the engine and exiting");
-        }
-        self.shutting_down = true;
-        Event::Shutdown
-    }
-
     /// Runs one event through the gate and carries out its actions; true when the shim may exit.
     fn handle(&mut self, event: Event) -> bool {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
-            for action in self.gate.step(event) {
+            for action in self.gate.step(Instant::now(), event) {
                 match action {
                     Action::Start { engine, block } => {
                         if let Err(failed) = self.start(engine, block) {
@@ -625,15 +677,22 @@ impl Shell {
                         None => error!("asked to stop engine {engine}, which is not running"),
                     },
                     Action::Fence { engine } => match self.children.get(&engine) {
-                        Some(child) => child.stop(self.fence_within.min(self.grace)),
+                        Some(child) => child.stop(self.grace),
                         None => error!("asked to fence engine {engine}, which is not running"),
                     },
-                    Action::Standby => {
-                        let (over, after) = (self.standby_tx.clone(), self.standby);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(after).await;
-                            let _ = over.send(());
-                        });
+                    // A child already reaped needs no killing.
+                    Action::Kill { engine, cause } => match (self.children.get(&engine), cause) {
+                        // The fencing deadline ends the stop's grace: SIGKILL now, reported as
+                        // any stop that ran out of grace.
+                        (Some(child), KillCause::FenceDeadline) => child.stop(Duration::ZERO),
+                        (Some(child), KillCause::SecondSignal) => child.kill_now(),
+                        (None, _) => {}
+                    },
+                    Action::RetryLock => {
+                        let spec = self.lock.spec();
+                        warn!(lock = %spec, "the lock {spec} was granted, but its renewal deadline passed before it could be used (was this process paused?); asking again");
+                        self.lock.release();
+                        self.acquire_lock();
                     }
                     Action::HandedOff => {
                         let answer = format!(
@@ -645,13 +704,6 @@ impl Shell {
                         for waiter in self.hand_off_waiters.drain(..) {
                             let _ = waiter.send(answer.clone());
                         }
-                    }
-                    Action::ScheduleRestart { engine, after } => {
-                        let restarts = self.restarts_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(after).await;
-                            let _ = restarts.send(engine);
-                        });
                     }
                     Action::CheckHead { engine } => self.check_head(engine),
                     Action::AcquireLock => self.acquire_lock(),
@@ -691,23 +743,7 @@ impl Shell {
 
     /// Spawns the engine; a failure to spawn comes back as an exit, so it is retried with back-off.
     fn start(&mut self, engine: EngineId, block: BlockRef) -> Result<(), Event> {
-        if !self.lock.usable() {
-            // A start comes after the grant (a release change, a restart): by now its renew
-            // deadline may have passed (this process was paused) or its loss be on the way, and
-            // the database may have let another holder in. The loss follows; then the lock is
-            // asked for again before the next start.
-            let status = format!(
-                "not started: the lock {} is past its renewal deadline (was this process paused?)",
-                self.lock.spec()
-            );
-            warn!(engine_version = %self.engines[engine].covers.newest(), "engine {}: {status}", self.engines[engine].covers);
-            return Err(Event::ChildExited {
-                engine,
-                uptime: Duration::ZERO,
-                status,
-            });
-        }
-        let mut spec = self.engines[engine].launch_spec(block, self.lock_epoch);
+        let mut spec = self.engines[engine].launch_spec(block, self.lock_epoch, &self.guardian);
         // The engine shares the lock, so it is held until the engine itself is gone, even if the
         // shim dies first (see the lock module).
         spec.keep_lock = self.lock.inheritable();
@@ -728,5 +764,13 @@ impl Shell {
                 status: format!("failed to start {}: {e}", spec.program.display()),
             }),
         }
+    }
+}
+
+/// Sleeps until the gate's next deadline; forever while it has none.
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -31,7 +31,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use crate::backoff::RestartBackoff;
 use crate::guardian::{self, Report};
 
 /// How long the guardian may take to start the engine and report its pid: an exec and a fork.
@@ -64,7 +63,7 @@ pub struct ChildExit {
     pub id: usize,
     pub pid: u32,
     pub status: ExitStatus,
-    /// From spawn to reaping; what [`RestartBackoff`] judges a "good start" by.
+    /// From spawn to reaping; what [`crate::backoff::RestartBackoff`] judges a "good start" by.
     pub uptime: Duration,
     /// A stop or kill was asked for before the child exited: the exit was intended, not a crash.
     pub stop_requested: bool,
@@ -86,7 +85,6 @@ enum Control {
 /// knows whether the pid is still ours, so a late request can never signal a recycled pid.
 #[derive(Debug, Clone)]
 pub struct ChildHandle {
-    id: usize,
     pid: u32,
     control: mpsc::UnboundedSender<Control>,
 }
@@ -94,10 +92,6 @@ pub struct ChildHandle {
 impl ChildHandle {
     pub fn pid(&self) -> u32 {
         self.pid
-    }
-
-    pub fn id(&self) -> usize {
-        self.id
     }
 
     /// Asks the child to stop: SIGTERM to its process group now, SIGKILL to the group after `grace`
@@ -213,7 +207,6 @@ pub fn spawn_child(
         let _ = exits.send(exit);
     });
     Ok(ChildHandle {
-        id,
         pid,
         control: control_tx,
     })

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 pub use sink::{dropped_lines, LogGuard};
 
 use crate::follower::FollowerEvent;
-use crate::gate::Notice;
+use crate::gate::{Notice, StartKind};
 use crate::version::SemVer;
 
 /// How log lines are printed.
@@ -79,9 +79,12 @@ pub fn notice(notice: &Notice) {
             engine,
             release,
             block,
-            restart,
+            kind,
         } => {
-            let verb = if *restart { "restarting" } else { "starting" };
+            let verb = match kind {
+                StartKind::Fresh => "starting",
+                StartKind::Restart => "restarting",
+            };
             info!(
                 engine_version = %engine.newest(), release = %release, block_number = block.number, block_hash = %block.hash,
                 "{verb} engine {engine}: compatible with release {release} since block #{} ({})",
@@ -210,6 +213,10 @@ pub fn notice(notice: &Notice) {
         Notice::StandbyOver => {
             info!("stand-by after the hand-off is over; competing for the lock again")
         }
+        Notice::ShutdownRequested { signal } => {
+            info!("{signal} received: stopping the engine and exiting")
+        }
+        Notice::ShutdownAgain { signal } => warn!("{signal} again: killing the engine now"),
         Notice::Stopped { engine, status } => info!(
             engine_version = %engine.newest(), status = %status,
             "engine {engine} stopped ({status})"

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use engine_shim::version::SemVer;
 use fake_node::scenario::{parse_release, Scenario};
-use fake_node::{FakeNode, FakeNodeConfig};
+use fake_node::{metadata, ChainPreset, FakeNode, FakeNodeConfig};
 
 /// Exit code for bad flags or a bad scenario (the same code clap uses for usage errors).
 const USAGE: u8 = 2;
@@ -46,6 +46,16 @@ struct Cli {
     /// Scenario file (TOML) scripting releases, finality, faults and drops by block number.
     #[arg(long)]
     scenario: Option<PathBuf>,
+
+    /// Chain identity: fake-node or chainflip (name, properties, specName, SS58 prefix)
+    /// [default: fake-node, or the scenario's].
+    #[arg(long, value_parser = str::parse::<ChainPreset>)]
+    chain: Option<ChainPreset>,
+
+    /// Serve this metadata instead of fake-node's own: a real chain's state_getMetadata result
+    /// as 0x hex, as the saved JSON-RPC response, or as raw SCALE bytes.
+    #[arg(long)]
+    metadata: Option<PathBuf>,
 }
 
 /// `--release` value: a version or explicitly none.
@@ -84,7 +94,21 @@ fn config(cli: Cli) -> Result<FakeNodeConfig, String> {
     if let Some(lag) = cli.finality_lag {
         config.finality_lag = lag;
     }
+    if let Some(chain) = cli.chain {
+        config.chain = chain;
+    }
+    if let Some(path) = &cli.metadata {
+        config.metadata = Some(load_metadata(path)?);
+    }
     Ok(config)
+}
+
+/// Reads `--metadata FILE`; the error names the file and how to get a good one.
+fn load_metadata(path: &std::path::Path) -> Result<metadata::ServedMetadata, String> {
+    let shown = path.display();
+    let contents =
+        std::fs::read(path).map_err(|e| format!("cannot read metadata file {shown}: {e}"))?;
+    metadata::parse_file(&contents).map_err(|e| format!("metadata file {shown} {e}"))
 }
 
 fn main() -> ExitCode {

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::params::{
     arg, args, block_hash, block_number, hex, hex_bytes, injected, invalid, state_block,
 };
-use super::{Inner, RpcResult, Shared, NODE_NAME};
+use super::{Inner, RpcResult, Shared};
 use crate::fault::FaultMode;
 use jsonrpsee::types::ErrorObjectOwned;
 
@@ -43,9 +43,8 @@ pub(super) fn system_health(inner: &mut Inner, _: &[Value]) -> RpcResult {
     Ok(json!({ "peers": 3, "isSyncing": syncing, "shouldHavePeers": true }))
 }
 
-pub(super) fn system_properties(_: &mut Inner, _: &[Value]) -> RpcResult {
-    // Chainflip's values.
-    Ok(json!({ "ss58Format": 2112, "tokenDecimals": 18, "tokenSymbol": "FLIP" }))
+pub(super) fn system_properties(inner: &mut Inner, _: &[Value]) -> RpcResult {
+    Ok(inner.node.preset().properties())
 }
 
 pub(super) fn rpc_methods(inner: &mut Inner, _: &[Value]) -> RpcResult {
@@ -94,7 +93,7 @@ pub(super) fn state_get_storage(inner: &mut Inner, args: &[Value]) -> RpcResult 
     let chain = inner.node.chain();
     let number = state_block(chain, arg(args, 1))?;
     let value = chain.storage_at(number, &key).flatten();
-    Ok(value.map_or(Value::Null, |v| hex(v).into()))
+    Ok(value.map_or(Value::Null, |v| hex(&v).into()))
 }
 
 pub(super) fn state_get_runtime_version(inner: &mut Inner, args: &[Value]) -> RpcResult {
@@ -106,8 +105,12 @@ pub(super) fn state_get_runtime_version(inner: &mut Inner, args: &[Value]) -> Rp
 /// Registers the Substrate request methods and their aliases.
 pub(super) fn register(module: &mut RpcModule<Shared>) {
     faultable(module, "system_health", &[], system_health);
-    faultable(module, "system_chain", &[], |_, _| Ok(NODE_NAME.into()));
-    faultable(module, "system_name", &[], |_, _| Ok(NODE_NAME.into()));
+    faultable(module, "system_chain", &[], |inner, _| {
+        Ok(inner.node.preset().chain_name().into())
+    });
+    faultable(module, "system_name", &[], |inner, _| {
+        Ok(inner.node.preset().node_name().into())
+    });
     faultable(module, "system_version", &[], |_, _| {
         Ok(env!("CARGO_PKG_VERSION").into())
     });

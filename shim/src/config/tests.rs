@@ -6,20 +6,21 @@ use clap::Parser;
 use super::*;
 use crate::cli::RunArgs;
 
-/// `engine-shim run ARGS…` parsed by clap. The one test that sets a variable (in `cli`) sets only
-/// `ENGINE_SHIM_RECONNECT_MAX`, so tests that check a value from the file or a default without
-/// passing its flag build [`RunArgs`] directly.
-fn flags(args: &[&str]) -> RunArgs {
+/// `engine-shim run ARGS…` parsed by clap, as the top layer. The one test that sets a variable (in
+/// `cli`) sets only `ENGINE_SHIM_RECONNECT_MAX`, so tests that check a value from the file or a
+/// default without passing its flag build [`Overrides`] directly.
+fn flags(args: &[&str]) -> Overrides {
     try_flags(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
-fn try_flags(args: &[&str]) -> Result<RunArgs, clap::Error> {
+fn try_flags(args: &[&str]) -> Result<Overrides, clap::Error> {
     #[derive(Parser)]
     struct Run {
         #[command(flatten)]
         flags: RunArgs,
     }
-    Run::try_parse_from(std::iter::once("run").chain(args.iter().copied())).map(|run| run.flags)
+    Run::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+        .map(|run| run.flags.into())
 }
 
 fn file(text: &str) -> FileConfig {
@@ -135,9 +136,9 @@ fn bad_engine_flags_are_usage_errors() {
 #[test]
 fn nothing_given_means_documented_defaults() {
     // Built without clap, so no environment variable can leak in.
-    let args = RunArgs {
+    let args = Overrides {
         command: vec!["/usr/bin/engine".into()],
-        ..RunArgs::default()
+        ..Overrides::default()
     };
     let config = args.merge(FileConfig::default(), None).unwrap();
     assert_eq!(
@@ -154,15 +155,16 @@ fn nothing_given_means_documented_defaults() {
             reconnect_max: secs(30),
             lock: None,
             lock_dir: None,
-            standby: DEFAULT_STANDBY,
+            standby: defaults::STANDBY,
             control_socket: None,
             metrics_listen: None,
             lock_mode: crate::lock::LockMode::Lease,
-            lock_name: crate::lock::DEFAULT_LOCK_NAME.to_string(),
-            lease: crate::lock::DEFAULT_LEASE,
-            renew: crate::lock::DEFAULT_RENEW,
+            lock_name: defaults::LOCK_NAME.to_string(),
+            lease: defaults::LEASE,
+            renew: defaults::RENEW,
             lock_password_file: None,
             engines: vec![engine(None, &["/usr/bin/engine"])],
+            guardian: defaults::GUARDIAN.into(),
             reload: None,
         }
     );
@@ -192,7 +194,7 @@ command = ["/usr/bin/engine-1.1", "--extra"]
 
 #[test]
 fn the_file_fills_every_setting() {
-    let config = RunArgs::default().merge(file(FULL_FILE), None).unwrap();
+    let config = Overrides::default().merge(file(FULL_FILE), None).unwrap();
     assert_eq!(
         config,
         RunConfig {
@@ -207,13 +209,13 @@ fn the_file_fills_every_setting() {
             reconnect_max: secs(45),
             lock: Some("file:/run/engine.lock".into()),
             lock_dir: Some("/run/engine-shim".into()),
-            standby: DEFAULT_STANDBY,
+            standby: defaults::STANDBY,
             control_socket: None,
             metrics_listen: None,
             lock_mode: crate::lock::LockMode::Lease,
-            lock_name: crate::lock::DEFAULT_LOCK_NAME.to_string(),
-            lease: crate::lock::DEFAULT_LEASE,
-            renew: crate::lock::DEFAULT_RENEW,
+            lock_name: defaults::LOCK_NAME.to_string(),
+            lease: defaults::LEASE,
+            renew: defaults::RENEW,
             lock_password_file: None,
             engines: vec![
                 engine(
@@ -230,6 +232,7 @@ fn the_file_fills_every_setting() {
                     ]
                 ),
             ],
+            guardian: defaults::GUARDIAN.into(),
             reload: None,
         }
     );
@@ -289,8 +292,8 @@ fn flags_override_the_file_key_by_key() {
 fn a_partial_file_leaves_the_rest_at_defaults() {
     let config = resolve(&["--", "/usr/bin/engine"], "grace = \"1s\"").unwrap();
     assert_eq!(config.grace, secs(1));
-    assert_eq!(config.start_secs, DEFAULT_START_SECS);
-    assert_eq!(config.node, DEFAULT_NODE);
+    assert_eq!(config.start_secs, defaults::START_SECS);
+    assert_eq!(config.node, defaults::NODE);
 }
 
 #[test]
@@ -666,7 +669,7 @@ fn the_readme_example_is_a_valid_config() {
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("README has a ```toml example");
-    let config = RunArgs::default().merge(file(example), None).unwrap();
+    let config = Overrides::default().merge(file(example), None).unwrap();
     assert_eq!(config.engines.len(), 3);
     assert_eq!(config.engines[1].versions, [v("2.2.8"), v("2.3.0")]);
     assert_eq!(config.grace, secs(30));

@@ -116,12 +116,6 @@ pub struct SocketPath {
     id: (u64, u64),
 }
 
-impl SocketPath {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 impl Drop for SocketPath {
     fn drop(&mut self) {
         match fs::symlink_metadata(&self.path) {

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 
 const WAIT_EVERY: Duration = Duration::from_secs(60);
 const START_SECS: Duration = Duration::from_secs(10);
+const STANDBY: Duration = Duration::from_secs(30);
 
 fn v(s: &str) -> SemVer {
     s.parse().unwrap()
@@ -29,7 +30,6 @@ fn at(number: u64, release: &str) -> Event {
     Event::Block {
         block: block(number),
         release: Ok(v(release)),
-        now: Duration::from_secs(number * 6),
     }
 }
 
@@ -37,7 +37,6 @@ fn bad(number: u64, error: ReleaseError) -> Event {
     Event::Block {
         block: block(number),
         release: Err(error),
-        now: Duration::from_secs(number * 6),
     }
 }
 
@@ -49,25 +48,85 @@ fn exited(engine: EngineId, uptime_secs: u64) -> Event {
     }
 }
 
-fn gate(engines: &[&str]) -> Gate {
-    Gate::new(
-        engines.iter().map(|e| covers(e)).collect(),
-        Rule::MajorMinor,
-        WAIT_EVERY,
-        START_SECS,
-    )
+const TIMING: Timing = Timing {
+    wait_log_every: WAIT_EVERY,
+    start_secs: START_SECS,
+    standby: STANDBY,
+};
+
+/// A gate on a virtual clock: block `n` arrives at `6n` seconds (blocks are 6 s apart in these
+/// stories); other events happen at the time of the latest one, until time is moved on.
+struct Sim {
+    gate: Gate,
+    start: Instant,
+    now: Instant,
+}
+
+impl Sim {
+    fn step(&mut self, event: Event) -> Vec<Action> {
+        if let Event::Block { block, .. } = &event {
+            self.now = self
+                .now
+                .max(self.start + Duration::from_secs(block.number * 6));
+        }
+        self.gate.step(self.now, event)
+    }
+
+    /// Moves the clock on by `by`, without telling the gate.
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// Moves the clock to the gate's next deadline, without telling the gate.
+    fn run_to_deadline(&mut self) {
+        let deadline = self.gate.next_deadline().expect("the gate has a deadline");
+        self.now = self.now.max(deadline);
+    }
+
+    /// How long from now the gate's next deadline is.
+    fn deadline_in(&self) -> Option<Duration> {
+        self.gate.next_deadline().map(|d| d - self.now)
+    }
+}
+
+impl std::ops::Deref for Sim {
+    type Target = Gate;
+    fn deref(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+fn gate(engines: &[&str]) -> Sim {
+    let start = Instant::now();
+    Sim {
+        gate: Gate::new(
+            engines.iter().map(|e| covers(e)).collect(),
+            Rule::MajorMinor,
+            TIMING,
+        ),
+        start,
+        now: start,
+    }
 }
 
 /// Feeds `event`, granting the lock at once whenever the gate asks for it: the stories that are
 /// not about the lock read as if there were none.
-fn step(g: &mut Gate, event: Event) -> Vec<Action> {
+fn step(g: &mut Sim, event: Event) -> Vec<Action> {
     let mut actions = g.step(event);
     if let Some(i) = actions.iter().position(|a| *a == Action::AcquireLock) {
         actions.remove(i);
-        actions.extend(g.step(Event::LockGranted));
+        actions.extend(g.step(Event::LockGranted(Grant::Usable)));
     }
     actions
 }
+
+/// Lets time run to the gate's next deadline and ticks it there (granting the lock as [`step`]).
+fn due(g: &mut Sim) -> Vec<Action> {
+    g.run_to_deadline();
+    step(g, Event::Tick)
+}
+
+const SIGTERM: Event = Event::Shutdown { signal: "SIGTERM" };
 
 /// The actions without the notices and lock traffic, which most stories do not care about.
 fn commands(actions: Vec<Action>) -> Vec<Action> {
@@ -260,18 +319,13 @@ fn crash_restarts_with_back_off() {
         commands(step(&mut g, exited(0, 0))),
         [Action::CheckHead { engine: 0 }]
     );
-    assert_eq!(
-        commands(step(&mut g, head(0, 1, "1.0.0"))),
-        [Action::ScheduleRestart {
-            engine: 0,
-            after: Duration::from_secs(1)
-        }]
-    );
+    assert_eq!(commands(step(&mut g, head(0, 1, "1.0.0"))), []);
+    assert_eq!(g.deadline_in(), Some(Duration::from_secs(1)));
+    // Not before its time.
+    g.advance(Duration::from_millis(999));
+    assert_eq!(commands(step(&mut g, Event::Tick)), []);
     // And once more before the restart itself: the chain may have moved on meanwhile.
-    assert_eq!(
-        commands(step(&mut g, Event::RestartDue { engine: 0 })),
-        [Action::CheckHead { engine: 0 }]
-    );
+    assert_eq!(commands(due(&mut g)), [Action::CheckHead { engine: 0 }]);
     assert_eq!(
         commands(step(&mut g, head(0, 1, "1.0.0"))),
         [Action::Start {
@@ -280,13 +334,8 @@ fn crash_restarts_with_back_off() {
         }]
     );
     step(&mut g, exited(0, 0));
-    assert_eq!(
-        commands(step(&mut g, head(0, 1, "1.0.0"))),
-        [Action::ScheduleRestart {
-            engine: 0,
-            after: Duration::from_secs(2)
-        }]
-    );
+    assert_eq!(commands(step(&mut g, head(0, 1, "1.0.0"))), []);
+    assert_eq!(g.deadline_in(), Some(Duration::from_secs(2)));
 }
 
 #[test]
@@ -375,29 +424,19 @@ fn an_unreadable_head_is_a_crash_restarted_only_once_the_node_answers() {
             ..
         }
     )));
-    assert_eq!(
-        commands(actions),
-        [Action::ScheduleRestart {
-            engine: 0,
-            after: Duration::from_secs(1)
-        }]
-    );
+    assert_eq!(commands(actions), []);
+    assert_eq!(g.deadline_in(), Some(Duration::from_secs(1)));
     // Due, but the node still does not answer: deferred with back-off, nothing started.
-    step(&mut g, Event::RestartDue { engine: 0 });
+    due(&mut g);
     let actions = step(&mut g, head_unreadable(0));
     assert!(notices(&actions)
         .iter()
         .any(|n| matches!(n, Notice::RestartDeferred { .. })));
-    assert_eq!(
-        commands(actions),
-        [Action::ScheduleRestart {
-            engine: 0,
-            after: Duration::from_secs(2)
-        }]
-    );
+    assert_eq!(commands(actions), []);
+    assert_eq!(g.deadline_in(), Some(Duration::from_secs(2)));
     assert_eq!(g.alive(), None);
     // The node answers and the release still fits: restarted.
-    step(&mut g, Event::RestartDue { engine: 0 });
+    due(&mut g);
     assert_eq!(
         commands(step(&mut g, head(0, 1, "1.0.0"))),
         [Action::Start {
@@ -413,7 +452,7 @@ fn a_restart_due_after_the_chain_moved_on_is_a_hand_over() {
     step(&mut g, at(1, "1.0.0"));
     step(&mut g, exited(0, 0));
     step(&mut g, head_unreadable(0));
-    step(&mut g, Event::RestartDue { engine: 0 });
+    due(&mut g);
     // The node is back, and past the upgrade: the old engine is not restarted.
     let actions = step(&mut g, head(0, 4, "1.1.0"));
     assert!(notices(&actions)
@@ -443,7 +482,7 @@ fn only_the_first_start_after_an_upgrade_begins_at_the_upgrade_block() {
     step(&mut g, at(3, "1.1.0"));
     step(&mut g, exited(0, 0));
     step(&mut g, head(0, 3, "1.1.0"));
-    step(&mut g, Event::RestartDue { engine: 0 });
+    due(&mut g);
     // A restart begins from the present, as a fresh start does.
     assert_eq!(
         commands(step(&mut g, head(0, 3, "1.1.0"))),
@@ -459,8 +498,12 @@ fn pending_restart_is_dropped_when_the_release_moves_on() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
     step(&mut g, exited(0, 0));
+    step(&mut g, head(0, 1, "1.0.0"));
+    assert!(g.next_deadline().is_some());
     step(&mut g, at(2, "1.1.0"));
-    assert_eq!(commands(step(&mut g, Event::RestartDue { engine: 0 })), []);
+    // The restart's deadline went with the restart.
+    assert_eq!(g.next_deadline(), None);
+    assert_eq!(commands(step(&mut g, Event::Tick)), []);
     assert_eq!(g.alive(), None);
 }
 
@@ -469,14 +512,14 @@ fn shutdown_stops_then_exits() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
     assert_eq!(
-        commands(step(&mut g, Event::Shutdown)),
+        commands(step(&mut g, SIGTERM)),
         [Action::Stop { engine: 0 }]
     );
     assert_eq!(commands(step(&mut g, at(2, "1.0.0"))), []);
     assert_eq!(commands(step(&mut g, exited(0, 5))), [Action::Exit]);
     let mut idle = gate(&["1.1.0"]);
     step(&mut idle, at(1, "1.0.0"));
-    assert_eq!(commands(step(&mut idle, Event::Shutdown)), [Action::Exit]);
+    assert_eq!(commands(step(&mut idle, SIGTERM)), [Action::Exit]);
 }
 
 #[test]
@@ -541,7 +584,7 @@ fn an_engine_starts_only_once_the_lock_is_granted() {
     assert_eq!(commands(g.step(at(2, "1.0.0"))), []);
     // Not an upgrade: the engine starts from the present, the latest finalized block.
     assert_eq!(
-        commands(g.step(Event::LockGranted)),
+        commands(g.step(Event::LockGranted(Grant::Usable))),
         [Action::Start {
             engine: 0,
             block: block(2)
@@ -563,7 +606,10 @@ fn an_idle_shim_holds_no_lock() {
     g.step(at(1, "1.0.0"));
     assert_eq!(lock_actions(&g.step(at(2, "1.1.0"))), [Action::CancelLock]);
     // A grant that crossed the cancel is handed straight back.
-    assert_eq!(g.step(Event::LockGranted), [Action::ReleaseLock]);
+    assert_eq!(
+        g.step(Event::LockGranted(Grant::Usable)),
+        [Action::ReleaseLock]
+    );
     // Running, then no longer compatible: the lock goes back only after the child is reaped.
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
@@ -591,7 +637,8 @@ fn a_crashed_engine_gives_the_lock_back_until_its_restart() {
     step(&mut g, at(1, "1.0.0"));
     g.step(exited(0, 0));
     assert!(lock_actions(&g.step(head(0, 1, "1.0.0"))).contains(&Action::ReleaseLock));
-    g.step(Event::RestartDue { engine: 0 });
+    g.run_to_deadline();
+    g.step(Event::Tick);
     assert_eq!(
         commands_and_lock(g.step(head(0, 1, "1.0.0"))),
         [Action::AcquireLock]
@@ -603,7 +650,7 @@ fn shutdown_while_waiting_for_the_lock_cancels_it_and_exits() {
     let mut g = gate(&["1.0.0"]);
     g.step(at(1, "1.0.0"));
     assert_eq!(
-        commands_and_lock(g.step(Event::Shutdown)),
+        commands_and_lock(g.step(SIGTERM)),
         [Action::CancelLock, Action::Exit]
     );
 }
@@ -612,8 +659,10 @@ fn shutdown_while_waiting_for_the_lock_cancels_it_and_exits() {
 fn a_lost_lock_fences_the_engine_and_waits_for_the_lock_again() {
     let mut g = gate(&["1.0.0"]);
     step(&mut g, at(1, "1.0.0"));
+    let kill_by = g.now + Duration::from_secs(3);
     let lost = g.step(Event::LockLost {
         reason: "lease not renewed".into(),
+        kill_by,
     });
     assert!(matches!(notices(&lost)[..], [Notice::Fenced { .. }]));
     // Nothing to release: the lock is not ours any more.
@@ -630,18 +679,177 @@ fn hand_off_stops_releases_and_stands_by_until_told() {
     step(&mut g, at(1, "1.0.0"));
     assert_eq!(
         commands_and_lock(g.step(Event::HandOff)),
-        [Action::Standby, Action::Stop { engine: 0 }]
+        [Action::Stop { engine: 0 }]
     );
+    // The stand-by counts from the request.
+    assert_eq!(g.deadline_in(), Some(STANDBY));
     assert_eq!(
         commands_and_lock(g.step(exited(0, 3))),
         [Action::ReleaseLock, Action::HandedOff]
     );
     // Standing by: blocks of a compatible release start nothing, not even a lock request.
     assert_eq!(commands_and_lock(g.step(at(2, "1.0.0"))), []);
+    g.run_to_deadline();
+    let over = g.step(Event::Tick);
+    assert!(notices(&over).contains(&&Notice::StandbyOver));
+    assert_eq!(commands_and_lock(over), [Action::AcquireLock]);
+}
+
+#[test]
+fn a_second_hand_off_during_the_stand_by_starts_the_stand_by_afresh() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    g.step(Event::HandOff);
+    g.step(exited(0, 3));
+    g.advance(STANDBY / 2);
     assert_eq!(
-        commands_and_lock(g.step(Event::StandbyOver)),
+        commands_and_lock(g.step(Event::HandOff)),
+        [Action::HandedOff]
+    );
+    // When the first stand-by would have ended, the second one goes on.
+    g.advance(STANDBY / 2);
+    let first_end = g.step(Event::Tick);
+    assert!(!notices(&first_end).contains(&&Notice::StandbyOver));
+    assert_eq!(commands_and_lock(first_end), []);
+    assert_eq!(g.deadline_in(), Some(STANDBY / 2));
+    g.run_to_deadline();
+    assert_eq!(
+        commands_and_lock(g.step(Event::Tick)),
         [Action::AcquireLock]
     );
+}
+
+#[test]
+fn a_stand_by_that_ends_while_the_engine_stops_competes_once_it_is_reaped() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    g.step(Event::HandOff);
+    let over = due(&mut g);
+    assert!(notices(&over).contains(&&Notice::StandbyOver));
+    assert_eq!(commands_and_lock(over), []);
+    // The hand-off is still answered, then the instance competes again.
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 40))),
+        [Action::ReleaseLock, Action::HandedOff, Action::AcquireLock]
+    );
+}
+
+#[test]
+fn a_grant_too_old_to_use_is_given_back_and_asked_for_again() {
+    let mut g = gate(&["1.0.0"]);
+    assert_eq!(
+        commands_and_lock(g.step(at(1, "1.0.0"))),
+        [Action::AcquireLock]
+    );
+    assert_eq!(
+        g.step(Event::LockGranted(Grant::Expired)),
+        [Action::RetryLock]
+    );
+    assert_eq!(g.alive(), None);
+    // The next grant answers the same wait.
+    assert_eq!(
+        commands(g.step(Event::LockGranted(Grant::Usable))),
+        [Action::Start {
+            engine: 0,
+            block: block(1)
+        }]
+    );
+    // A stale grant nobody waits for any more is just given back.
+    let mut g = gate(&["1.0.0"]);
+    g.step(at(1, "1.0.0"));
+    g.step(at(2, "1.1.0"));
+    assert_eq!(
+        g.step(Event::LockGranted(Grant::Expired)),
+        [Action::ReleaseLock]
+    );
+}
+
+#[test]
+fn a_fenced_engine_is_killed_at_the_fencing_deadline() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    let kill_by = g.now + Duration::from_secs(3);
+    let reason = "lease not renewed".to_string();
+    assert_eq!(
+        commands(g.step(Event::LockLost { reason, kill_by })),
+        [Action::Fence { engine: 0 }]
+    );
+    assert_eq!(g.next_deadline(), Some(kill_by));
+    g.advance(Duration::from_secs(3) - Duration::from_millis(1));
+    assert_eq!(commands(g.step(Event::Tick)), []);
+    g.advance(Duration::from_millis(1));
+    assert_eq!(
+        commands(g.step(Event::Tick)),
+        [Action::Kill {
+            engine: 0,
+            cause: KillCause::FenceDeadline
+        }]
+    );
+    // Killed once; then the exit ends the fence and the lock is asked for again.
+    assert_eq!(g.next_deadline(), None);
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 3))),
+        [Action::AcquireLock]
+    );
+}
+
+#[test]
+fn a_loss_noticed_after_its_deadline_kills_at_once() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    let kill_by = g.now;
+    g.advance(Duration::from_secs(10));
+    let reason = "renew deadline passed while paused".to_string();
+    assert_eq!(
+        commands(g.step(Event::LockLost { reason, kill_by })),
+        [
+            Action::Fence { engine: 0 },
+            Action::Kill {
+                engine: 0,
+                cause: KillCause::FenceDeadline
+            }
+        ]
+    );
+}
+
+#[test]
+fn an_engine_that_exits_before_its_fencing_deadline_is_not_killed() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    let kill_by = g.now + Duration::from_secs(3);
+    let reason = "lease not renewed".to_string();
+    g.step(Event::LockLost { reason, kill_by });
+    // The exit is reported after the deadline passed, before the timer fired: nothing to kill.
+    g.advance(Duration::from_secs(5));
+    assert_eq!(
+        commands_and_lock(g.step(exited(0, 3))),
+        [Action::AcquireLock]
+    );
+}
+
+#[test]
+fn a_second_signal_kills_the_engine_now() {
+    let mut g = gate(&["1.0.0"]);
+    step(&mut g, at(1, "1.0.0"));
+    let first = g.step(SIGTERM);
+    assert_eq!(
+        notices(&first),
+        [&Notice::ShutdownRequested { signal: "SIGTERM" }]
+    );
+    assert_eq!(commands(first), [Action::Stop { engine: 0 }]);
+    let again = g.step(Event::Shutdown { signal: "SIGINT" });
+    assert_eq!(
+        notices(&again),
+        [&Notice::ShutdownAgain { signal: "SIGINT" }]
+    );
+    assert_eq!(
+        commands(again),
+        [Action::Kill {
+            engine: 0,
+            cause: KillCause::SecondSignal
+        }]
+    );
+    assert_eq!(commands(g.step(exited(0, 5))), [Action::Exit]);
 }
 
 #[test]
@@ -650,7 +858,7 @@ fn hand_off_of_an_idle_instance_answers_at_once() {
     g.step(at(1, "1.0.0"));
     assert_eq!(
         commands_and_lock(g.step(Event::HandOff)),
-        [Action::Standby, Action::HandedOff]
+        [Action::HandedOff]
     );
 }
 
@@ -896,8 +1104,15 @@ fn a_replacement_that_changes_nothing_does_nothing() {
 
 // ---------------------------------------------------------------------------------------------
 // Model check: one or two shims (processes), each with its own gate and engines, sharing one chain
-// and one lock, under random interleavings of blocks, crashes, stop completions, restart timers,
-// lock grants and shutdowns.
+// and one lock, under random interleavings of blocks, crashes, stop completions, lock grants (in
+// time or too late to use), lock losses (with their fencing deadline ahead or already passed),
+// hand-offs, signals and the passing of virtual time, with each shim's timer firing late or
+// early at any point among them.
+
+/// How long a fenced engine may live after the loss is reported, and when the lost lease may go
+/// to someone else: later than the fencing deadline, as the real lock's deadlines guarantee.
+const MODEL_KILL_WITHIN: Duration = Duration::from_secs(3);
+const MODEL_LEASE_FREE_AFTER: Duration = Duration::from_secs(5);
 
 /// One shim process as the outside world sees it.
 struct Shim {
@@ -908,25 +1123,37 @@ struct Shim {
     last_known: Option<SemVer>,
     alive: Option<EngineId>,
     stop_requested: bool,
-    restart_pending: Option<EngineId>,
+    /// The live child was sent SIGKILL: it can no longer touch anything, its exit is pending.
+    killed: bool,
     exited: bool,
     shutting_down: bool,
-    /// The lock was taken from this shim while its engine lived: the engine is being fenced and,
-    /// as the real lock's deadlines guarantee, nobody else gets the lock before it is dead.
-    lost: bool,
-    standby_pending: bool,
+    /// The lock was taken from this shim while its engine lived: the engine is being fenced. The
+    /// lease stays with this shim until the engine is reaped or `lease_free_at`, whichever is
+    /// first; by then the gate must have killed it.
+    lost: Option<Lost>,
+    /// When this shim was last asked to hand off: it asks for no lock for [`STANDBY`] after it.
+    handed_off_at: Option<Instant>,
     /// The gate asked for the release at the finalized head for this engine; no answer yet.
     head_check: Option<EngineId>,
     /// What a replaced engine covers once its live child (the old program) is gone.
     replaced: Vec<Option<Covers>>,
 }
 
-/// The shared world: the chain and the lock (FIFO waiters, like flock's wake-up).
+#[derive(Debug, Clone, Copy)]
+struct Lost {
+    kill_by: Instant,
+    lease_free_at: Instant,
+}
+
+/// The shared world: the chain, the lock (FIFO waiters, like flock's wake-up) and the clock.
 struct World {
     shims: Vec<Shim>,
     chain: Vec<Result<SemVer, ReleaseError>>,
     holder: Option<usize>,
+    /// The holder's grant came too late to be used: it must not start anything on it.
+    holder_expired: bool,
     waiting: std::collections::VecDeque<usize>,
+    now: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -935,12 +1162,19 @@ enum Op {
     Deliver(usize),
     Crash(usize, u64),
     StopCompletes(usize),
-    RestartFires(usize),
-    Grant,
+    /// The lock goes to the first waiter; `false`: the grant arrives too late to be used.
+    Grant(bool),
+    /// The shim's second signal, if it is the second.
     Shutdown(usize),
-    Lose(usize),
+    /// The lock is lost; `true`: the loss is noticed only after its fencing deadline passed.
+    Lose(usize, bool),
+    /// A lost lease runs out at the database, so it may go to someone else.
+    LeaseExpires(usize),
     HandOff(usize),
-    StandbyOver(usize),
+    /// Time passes (milliseconds), without anyone being told.
+    Advance(u64),
+    /// The shim's timer fires (it may be late, or early for nothing).
+    Tick(usize),
     /// The node answers a head check: with the chain's head (true) or with an error (false).
     HeadAnswers(usize, bool),
     /// Shim, engine, and the index in [`ENGINES`] of what its program covers after an upgrade.
@@ -953,12 +1187,13 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         6 => (0usize..2).prop_map(Op::Deliver),
         1 => (0usize..2, 0u64..30).prop_map(|(s, up)| Op::Crash(s, up)),
         3 => (0usize..2).prop_map(Op::StopCompletes),
-        2 => (0usize..2).prop_map(Op::RestartFires),
-        3 => Just(Op::Grant),
+        3 => proptest::bool::weighted(0.85).prop_map(Op::Grant),
         1 => (0usize..2).prop_map(Op::Shutdown),
-        1 => (0usize..2).prop_map(Op::Lose),
+        1 => (0usize..2, proptest::bool::weighted(0.2)).prop_map(|(s, late)| Op::Lose(s, late)),
+        1 => (0usize..2).prop_map(Op::LeaseExpires),
         1 => (0usize..2).prop_map(Op::HandOff),
-        2 => (0usize..2).prop_map(Op::StandbyOver),
+        3 => prop_oneof![Just(100u64), Just(1_000), Just(4_000), Just(20_000)].prop_map(Op::Advance),
+        3 => (0usize..2).prop_map(Op::Tick),
         3 => (0usize..2, proptest::bool::weighted(0.8)).prop_map(|(s, ok)| Op::HeadAnswers(s, ok)),
         1 => (0usize..2, 0usize..3, 0..ENGINES.len()).prop_map(|(s, e, k)| Op::Replace(s, e, k)),
     ]
@@ -987,18 +1222,18 @@ impl World {
         let shims = engine_sets
             .into_iter()
             .map(|engines| Shim {
-                gate: Gate::new(engines.clone(), Rule::MajorMinor, WAIT_EVERY, START_SECS),
+                gate: Gate::new(engines.clone(), Rule::MajorMinor, TIMING),
                 replaced: vec![None; engines.len()],
                 engines,
                 cursor: 0,
                 last_known: None,
                 alive: None,
                 stop_requested: false,
-                restart_pending: None,
+                killed: false,
                 exited: false,
                 shutting_down: false,
-                lost: false,
-                standby_pending: false,
+                lost: None,
+                handed_off_at: None,
                 head_check: None,
             })
             .collect();
@@ -1006,7 +1241,9 @@ impl World {
             shims,
             chain: Vec::new(),
             holder: None,
+            holder_expired: false,
             waiting: Default::default(),
+            now: Instant::now(),
         }
     }
 
@@ -1018,7 +1255,7 @@ impl World {
             } => Some(*release),
             _ => None,
         };
-        let actions = self.shims[s].gate.step(event);
+        let actions = self.shims[s].gate.step(self.now, event);
         for action in actions {
             if let (Action::Stop { engine }, Some(release)) = (&action, release) {
                 // No hand-over between two compatible engines: a block stops only what it must.
@@ -1030,21 +1267,32 @@ impl World {
             }
             self.apply(s, action);
         }
+        // Whatever was due by now was acted on: a fenced engine is killed once its deadline has
+        // come, whichever event woke the gate.
+        let shim = &self.shims[s];
+        if let (Some(lost), Some(_)) = (shim.lost, shim.alive) {
+            assert!(
+                self.now < lost.kill_by || shim.killed,
+                "the fenced engine lives past its deadline"
+            );
+        }
         self.check_invariants();
     }
 
     fn apply(&mut self, s: usize, action: Action) {
-        let others_alive: Vec<_> = (0..self.shims.len())
-            .filter(|&o| o != s && self.shims[o].alive.is_some())
+        let others_running: Vec<_> = (0..self.shims.len())
+            .filter(|&o| o != s && self.shims[o].alive.is_some() && !self.shims[o].killed)
             .collect();
+        let now = self.now;
         let shim = &mut self.shims[s];
         match action {
             Action::Start { engine, .. } => {
                 assert_eq!(self.holder, Some(s), "shim {s} started without the lock");
+                assert!(!self.holder_expired, "shim {s} started on an expired grant");
                 assert_eq!(shim.alive, None, "shim {s} started a second child");
                 assert!(
-                    others_alive.is_empty(),
-                    "two engines alive: shim {s} and {others_alive:?}"
+                    others_running.is_empty(),
+                    "two engines alive: shim {s} and {others_running:?}"
                 );
                 let release = shim.last_known.expect("started without a known release");
                 assert_eq!(
@@ -1054,6 +1302,7 @@ impl World {
                 );
                 shim.alive = Some(engine);
                 shim.stop_requested = false;
+                shim.killed = false;
             }
             Action::Stop { engine } => {
                 assert_eq!(
@@ -1063,10 +1312,23 @@ impl World {
                 );
                 shim.stop_requested = true;
             }
-            Action::ScheduleRestart { engine, .. } => shim.restart_pending = Some(engine),
             Action::AcquireLock => {
                 assert_ne!(self.holder, Some(s), "asked for a lock it holds");
                 assert!(!self.waiting.contains(&s), "asked twice");
+                if let Some(at) = shim.handed_off_at {
+                    assert!(
+                        now >= at + STANDBY,
+                        "asked for the lock {:?} after a hand-off, within the stand-by",
+                        now - at
+                    );
+                }
+                self.waiting.push_back(s);
+            }
+            Action::RetryLock => {
+                assert_eq!(self.holder, Some(s), "gave back a grant it does not hold");
+                assert!(self.holder_expired, "gave back a grant it could use");
+                self.holder = None;
+                self.holder_expired = false;
                 self.waiting.push_back(s);
             }
             Action::CancelLock => {
@@ -1080,10 +1342,26 @@ impl World {
                     Some(engine),
                     "fenced an engine that is not alive"
                 );
-                assert!(shim.lost, "fenced without losing the lock");
+                assert!(shim.lost.is_some(), "fenced without losing the lock");
                 shim.stop_requested = true;
             }
-            Action::Standby => shim.standby_pending = true,
+            Action::Kill { engine, cause } => {
+                assert_eq!(
+                    shim.alive,
+                    Some(engine),
+                    "killed an engine that is not alive"
+                );
+                match cause {
+                    KillCause::FenceDeadline => {
+                        let lost = shim.lost.expect("killed for a fence it does not have");
+                        assert!(now >= lost.kill_by, "killed before the fencing deadline");
+                    }
+                    KillCause::SecondSignal => {
+                        assert!(shim.shutting_down, "killed for a signal never sent")
+                    }
+                }
+                shim.killed = true;
+            }
             Action::CheckHead { engine } => {
                 assert_eq!(shim.alive, None, "checked the head with a child alive");
                 shim.head_check = Some(engine);
@@ -1093,10 +1371,11 @@ impl World {
                 assert_ne!(self.holder, Some(s), "handed off holding the lock");
             }
             Action::ReleaseLock => {
-                assert!(!shim.lost, "released a lock it had lost");
+                assert!(shim.lost.is_none(), "released a lock it had lost");
                 assert_eq!(self.holder, Some(s), "released a lock it does not hold");
                 assert_eq!(shim.alive, None, "released the lock with a child alive");
                 self.holder = None;
+                self.holder_expired = false;
             }
             Action::Exit => {
                 assert_eq!(shim.alive, None, "exit with a child alive");
@@ -1113,14 +1392,14 @@ impl World {
 
     fn check_invariants(&self) {
         for (s, shim) in self.shims.iter().enumerate() {
-            if shim.lost {
+            if shim.lost.is_some() {
                 assert!(
                     shim.alive.is_some(),
                     "a lost lock outlived its engine in the model"
                 );
             }
             assert_eq!(shim.gate.alive(), shim.alive, "gate and world disagree");
-            if shim.alive.is_some() {
+            if shim.alive.is_some() && !shim.killed {
                 assert_eq!(self.holder, Some(s), "a live child without the lock");
             }
         }
@@ -1137,7 +1416,8 @@ impl World {
                 let Some(shim) = self.shims.get_mut(s) else {
                     return;
                 };
-                if let (Some(engine), false) = (shim.alive, shim.stop_requested) {
+                if let (Some(engine), false, false) = (shim.alive, shim.stop_requested, shim.killed)
+                {
                     shim.alive = None;
                     if let Some(covers) = shim.replaced[engine].take() {
                         shim.engines[engine] = covers;
@@ -1155,43 +1435,62 @@ impl World {
                 }
             }
             Op::StopCompletes(s) => self.complete_stop(s),
-            Op::RestartFires(s) => {
-                if let Some(engine) = self
-                    .shims
-                    .get_mut(s)
-                    .and_then(|sh| sh.restart_pending.take())
-                {
-                    self.feed(s, Event::RestartDue { engine });
-                }
-            }
-            Op::Grant => {
+            Op::Grant(usable) => {
                 if self.holder.is_none() {
                     if let Some(s) = self.waiting.pop_front() {
                         self.holder = Some(s);
-                        self.feed(s, Event::LockGranted);
+                        self.holder_expired = !usable;
+                        let grant = if usable {
+                            Grant::Usable
+                        } else {
+                            Grant::Expired
+                        };
+                        self.feed(s, Event::LockGranted(grant));
                     }
                 }
             }
-            Op::Lose(s) => {
-                if self.holder == Some(s) && !self.shims[s].lost {
-                    if self.shims[s].alive.is_some() {
-                        self.shims[s].lost = true;
-                    } else {
-                        self.holder = None;
+            Op::Lose(s, late) => {
+                if self.holder != Some(s) || self.holder_expired || self.shims[s].lost.is_some() {
+                    return;
+                }
+                // Noticed late (the process was paused): the deadline has passed already, and
+                // the lease may go to someone else as soon as this shim has acted on it.
+                let lost = if late {
+                    Lost {
+                        kill_by: self.now,
+                        lease_free_at: self.now,
                     }
-                    let reason = "lease expired".to_string();
-                    self.feed(s, Event::LockLost { reason });
+                } else {
+                    Lost {
+                        kill_by: self.now + MODEL_KILL_WITHIN,
+                        lease_free_at: self.now + MODEL_LEASE_FREE_AFTER,
+                    }
+                };
+                if self.shims[s].alive.is_some() {
+                    self.shims[s].lost = Some(lost);
+                } else {
+                    self.holder = None;
+                }
+                let reason = "lease expired".to_string();
+                let kill_by = lost.kill_by;
+                self.feed(s, Event::LockLost { reason, kill_by });
+                if late {
+                    self.expire_lease(s);
                 }
             }
+            Op::LeaseExpires(s) => self.expire_lease(s),
             Op::HandOff(s) => {
-                if !self.shims[s.min(self.shims.len() - 1)].exited && s < self.shims.len() {
+                if s < self.shims.len() && !self.shims[s].exited {
+                    if !self.shims[s].shutting_down {
+                        self.shims[s].handed_off_at = Some(self.now);
+                    }
                     self.feed(s, Event::HandOff);
                 }
             }
-            Op::StandbyOver(s) => {
-                if let Some(shim) = self.shims.get_mut(s).filter(|sh| sh.standby_pending) {
-                    shim.standby_pending = false;
-                    self.feed(s, Event::StandbyOver);
+            Op::Advance(ms) => self.now += Duration::from_millis(ms),
+            Op::Tick(s) => {
+                if self.shims.get(s).is_some_and(|sh| !sh.exited) {
+                    self.feed(s, Event::Tick);
                 }
             }
             Op::HeadAnswers(s, ok) => {
@@ -1233,9 +1532,31 @@ impl World {
             Op::Shutdown(s) => {
                 if let Some(shim) = self.shims.get_mut(s).filter(|sh| !sh.exited) {
                     shim.shutting_down = true;
-                    self.feed(s, Event::Shutdown);
+                    self.feed(s, Event::Shutdown { signal: "SIGTERM" });
                 }
             }
+        }
+    }
+
+    /// The database lets a lost lease go once its time is up. The fenced shim's timer has fired
+    /// by then (perhaps late, after other events): the gate must have killed its engine.
+    fn expire_lease(&mut self, s: usize) {
+        let Some(lost) = self.shims.get(s).and_then(|sh| sh.lost) else {
+            return;
+        };
+        if self.now < lost.lease_free_at {
+            return;
+        }
+        if !self.shims[s].exited {
+            self.feed(s, Event::Tick);
+        }
+        let shim = &mut self.shims[s];
+        assert!(
+            shim.alive.is_none() || shim.killed,
+            "the lease ran out with the fenced engine still able to run"
+        );
+        if shim.lost.take().is_some() && self.holder == Some(s) {
+            self.holder = None;
         }
     }
 
@@ -1251,13 +1572,11 @@ impl World {
             shim.last_known = Some(r);
         }
         let number = shim.cursor as u64;
-        let now = Duration::from_secs(number * 6);
         self.feed(
             s,
             Event::Block {
                 block: block(number),
                 release,
-                now,
             },
         );
     }
@@ -1266,13 +1585,14 @@ impl World {
         let Some(shim) = self.shims.get_mut(s) else {
             return;
         };
-        if let (Some(engine), true) = (shim.alive, shim.stop_requested) {
+        if let (Some(engine), true) = (shim.alive, shim.stop_requested || shim.killed) {
             shim.alive = None;
             shim.stop_requested = false;
+            shim.killed = false;
             if let Some(covers) = shim.replaced[engine].take() {
                 shim.engines[engine] = covers;
             }
-            if std::mem::take(&mut shim.lost) {
+            if shim.lost.take().is_some() && self.holder == Some(s) {
                 // The fenced engine is dead: only now may the lock pass to someone else.
                 self.holder = None;
             }
@@ -1280,17 +1600,29 @@ impl World {
         }
     }
 
-    /// Lets every pending thing happen until nothing changes: blocks, stops, restarts, grants.
+    /// Lets every pending thing happen until nothing changes: blocks, stops, answers, grants,
+    /// and time running on to every deadline.
     fn settle(&mut self) {
         for _ in 0..(self.chain.len() + 8) * 4 {
             for s in 0..self.shims.len() {
                 self.deliver(s);
                 self.complete_stop(s);
-                self.run(Op::RestartFires(s));
-                self.run(Op::StandbyOver(s));
                 self.run(Op::HeadAnswers(s, true));
+                self.expire_lease(s);
             }
-            self.run(Op::Grant);
+            self.run(Op::Grant(true));
+            let next = self
+                .shims
+                .iter()
+                .filter(|sh| !sh.exited)
+                .filter_map(|sh| sh.gate.next_deadline())
+                .min();
+            if let Some(next) = next {
+                self.now = self.now.max(next);
+                for s in 0..self.shims.len() {
+                    self.run(Op::Tick(s));
+                }
+            }
         }
     }
 }
@@ -1298,8 +1630,10 @@ impl World {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
 
-    /// Never two engines alive (within a shim or across shims), never a start without the lock or
-    /// on an unknown release, and once the chain settles exactly the compatible engine runs.
+    /// Never two engines alive (within a shim or across shims), never a start without the lock,
+    /// on an expired grant or on an unknown release, a fenced engine killed by its deadline, no
+    /// lock asked for within a stand-by, and once the chain settles exactly the compatible
+    /// engine runs.
     #[test]
     fn model_check_one_or_two_shims_sharing_a_lock(
         engine_sets in proptest::collection::vec(engines_strategy(), 1..=2),
