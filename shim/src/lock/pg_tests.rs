@@ -658,8 +658,8 @@ async fn dual_needs_the_advisory_lock_and_the_lease_and_is_lost_with_either() {
 }
 
 /// A whole-process pause (SIGSTOP, a VM freeze), as seen from inside: nothing in the process
-/// runs for longer than the lease. The runtime's one thread is blocked, so the worker, its timer
-/// and its connection are all frozen, as they would be.
+/// runs for longer than the lease. The lock worker's thread and the runtime's one thread are both
+/// blocked, so the worker, its timer, its connection and the shell are all frozen, as they would be.
 #[tokio::test(flavor = "current_thread")]
 async fn a_holder_frozen_past_its_lease_reports_the_loss_first_thing_on_waking() {
     let name = unique_name("lease-frozen");
@@ -668,7 +668,9 @@ async fn a_holder_frozen_past_its_lease_reports_the_loss_first_thing_on_waking()
     let mut holder = pg_lock(&opts);
     let (_epoch, mut events) = granted(&mut holder, me(801, "1.0.0")).await;
 
-    std::thread::sleep(lease + MS(500));
+    let pause = lease + MS(500);
+    holder.worker.as_ref().expect("a worker").freeze_for(pause);
+    std::thread::sleep(pause);
 
     match next(&mut events).await {
         Some(LockEvent::Lost { reason, kill_by }) => {
@@ -837,6 +839,47 @@ fn a_postgres_lock_outside_a_runtime_fails_instead_of_hanging() {
         other => panic!("expected Failed, got {other:?}"),
     }
     assert!(!lock.is_held());
+}
+
+/// The shim's runtime is busy for seconds (a worker thread blocked in a slow file read on a
+/// loaded host) just as the database stops answering: the lock must still fence at its renew
+/// deadline, in time to kill the engine before the database can let anyone else in. The test's
+/// runtime has one thread and this test blocks it; the proxy runs on it too, so nothing reaches
+/// the database meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn a_holder_fences_on_time_while_the_shims_runtime_is_blocked() {
+    let name = unique_name("lease-busy");
+    let (lease, renew) = (MS(2000), MS(500));
+    let opts = options(LockMode::Lease, &name, lease, renew);
+    let proxy = Proxy::start(database_addr()).await;
+    let mut holder = pg_lock_at(&proxy.url_for(&pg_url()), &opts);
+    let (_epoch, mut events) = granted(&mut holder, me(901, "1.0.0")).await;
+
+    proxy.cut();
+    // Blocks this runtime's only thread until the loss arrives (or, without it, for far longer
+    // than the lease): the lock's worker must not need this thread to fence.
+    let blocked_from = std::time::Instant::now();
+    let lost = loop {
+        match events.try_recv() {
+            Ok(event) => break Some(event),
+            Err(_) if blocked_from.elapsed() > MS(20_000) => break None,
+            Err(_) => std::thread::sleep(MS(10)),
+        }
+    };
+    match lost {
+        Some(LockEvent::Lost { reason, kill_by }) => {
+            assert!(reason.contains("no renewal succeeded"), "{reason}");
+            assert!(
+                kill_by.remaining() > Duration::ZERO,
+                "the loss came after its kill deadline: {reason}"
+            );
+        }
+        other => panic!(
+            "expected Lost while the shim's runtime was blocked, got {other:?} after {:?}",
+            blocked_from.elapsed()
+        ),
+    }
+    assert!(!holder.is_held());
 }
 
 #[tokio::test]

@@ -8,6 +8,12 @@
 //! The machine's events are delivered under the phase mutex: `Waiting → Held` on a grant,
 //! `Held → Idle` on a loss, each only if the handle still wants it. Being one sequential task,
 //! it can never let a release overtake a later acquisition of the same lock.
+//!
+//! The task runs on a thread of its own, with its own single-threaded runtime (its timer, its
+//! connection and the connection's task all live there), not on the shim's runtime: a renewal
+//! and the fence deadline must never wait behind other work of the shim. A worker thread of the
+//! shim's runtime that blocks (a slow file read on a loaded host takes seconds) would otherwise
+//! hold back the renewals and the loss until the database had let another holder in.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,13 +48,21 @@ struct Shared {
     closing: AtomicBool,
     /// True while the database side holds nothing for us and nothing is asked for.
     settled: watch::Sender<bool>,
+    /// Asked by a test: block the worker's thread this long, as a paused process would be.
+    #[cfg(test)]
+    freeze: Mutex<Option<Duration>>,
 }
 
 impl Worker {
-    /// Starts the worker on the current tokio runtime.
+    /// Starts the worker on a thread of its own (see the module docs). The caller must be in a
+    /// tokio runtime all the same: the lock's events go to its tasks.
     pub(super) fn start(config: PgLockConfig, phase: Arc<Mutex<Phase>>) -> Result<Worker, String> {
-        let runtime = tokio::runtime::Handle::try_current()
+        tokio::runtime::Handle::try_current()
             .map_err(|_| "the PostgreSQL lock needs a tokio runtime".to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| format!("cannot start the lock's runtime: {err}"))?;
         // Inside the runtime's context: the timer registers with its reactor.
         let timer = {
             let _entered = runtime.enter();
@@ -59,9 +73,25 @@ impl Worker {
             wake: Notify::new(),
             closing: AtomicBool::new(false),
             settled: watch::Sender::new(true),
+            #[cfg(test)]
+            freeze: Mutex::new(None),
         });
         let task = Task::new(config, phase, Arc::clone(&shared), timer);
-        let task = runtime.spawn(task.run());
+        // The thread runs the runtime until the task has ended (or was aborted): dropping the
+        // runtime then closes the connection with it.
+        let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
+            let _ended = ended_tx;
+            task.run().await;
+        });
+        std::thread::Builder::new()
+            .name("postgres-lock".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = ended.await;
+                });
+            })
+            .map_err(|err| format!("cannot start a thread for the lock: {err}"))?;
         Ok(Worker { shared, task })
     }
 
@@ -97,6 +127,14 @@ impl Worker {
         self.task.abort();
         let _ = self.task.await;
     }
+
+    /// Blocks the worker's thread for `pause`, from its next turn on: with the caller's own
+    /// thread blocked as long, the whole process is paused as SIGSTOP would pause it.
+    #[cfg(test)]
+    pub(super) fn freeze_for(&self, pause: Duration) {
+        *self.shared.freeze.lock().unwrap_or_else(|e| e.into_inner()) = Some(pause);
+        self.wake();
+    }
 }
 
 /// The worker task: the machine, and what it needs to carry out the machine's decisions.
@@ -126,6 +164,8 @@ impl Task {
 
     async fn run(mut self) {
         loop {
+            #[cfg(test)]
+            self.freeze_if_asked();
             if let Some(why) = self.db.session_ended() {
                 self.machine.handle_session_ended(BootInstant::now(), &why);
             }
@@ -141,6 +181,20 @@ impl Task {
                 Some(op) => self.carry_out(op).await,
                 None => self.wait().await,
             }
+        }
+    }
+
+    /// Blocks this thread if a test asked for a pause ([`Worker::freeze_for`]).
+    #[cfg(test)]
+    fn freeze_if_asked(&self) {
+        let pause = self
+            .shared
+            .freeze
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
         }
     }
 
