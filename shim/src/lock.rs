@@ -65,6 +65,8 @@ mod fence;
 mod file;
 mod holder;
 mod lease;
+mod lease_machine;
+mod pacing;
 mod pg_config;
 #[cfg(test)]
 mod pg_tests;
@@ -154,9 +156,6 @@ enum Claim {
     },
     Held(Holding),
 }
-
-/// [`Claim`] under the name the PostgreSQL worker (`postgres.rs`) uses for it.
-type Phase = Claim;
 
 /// The acquisition currently asked for: its holder information and where its outcome goes.
 #[derive(Debug)]
@@ -304,6 +303,16 @@ impl Lock {
             Claim::Held(Holding::Database { usable_until, .. }) => Usability::Until(*usable_until),
             Claim::Held(_) => Usability::UntilReleased,
             Claim::Idle | Claim::Waiting { .. } => Usability::NotHeld,
+        }
+    }
+
+    /// Whether the lock may be acted on right now.
+    #[cfg(test)]
+    pub fn usable(&self) -> bool {
+        match self.usability() {
+            Usability::NotHeld => false,
+            Usability::UntilReleased => true,
+            Usability::Until(deadline) => BootInstant::now() < deadline,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::conn::{Conn, DbError, ErrorKind};
+use super::conn::{Conn, DbError};
 use super::HolderInfo;
 
 /// The table, created by the first shim that needs it. `acquired_at` (the database's time of the
@@ -167,13 +167,6 @@ impl Lease {
 
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
-    }
-}
-
-impl DbError {
-    /// Whether the lease table must be created again before retrying.
-    pub(super) fn table_missing(&self) -> bool {
-        self.kind == ErrorKind::MissingTable
     }
 }
 

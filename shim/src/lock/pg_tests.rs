@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -305,9 +306,15 @@ async fn a_vanished_holder_is_taken_over_only_once_its_lease_expired_by_the_data
 /// A TCP proxy in front of the database whose link can be cut like a network failure: no data
 /// passes any more, in either direction, but no connection is closed (so nothing is noticed
 /// except through timeouts), and new connections hang.
+///
+/// It can also *stall* the connections open at a moment: what they carry waits in the proxy, and
+/// arrives late (in order) once resumed, while newer connections pass.
 struct Proxy {
     addr: SocketAddr,
     cut: watch::Sender<bool>,
+    /// Connections numbered up to this one are stalled (0: none).
+    stalled_upto: watch::Sender<u64>,
+    opened: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
@@ -316,9 +323,14 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let (cut, _) = watch::channel(false);
         let cut_rx = cut.subscribe();
+        let (stalled_upto, _) = watch::channel(0);
+        let stall_rx = stalled_upto.subscribe();
+        let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&opened);
         tokio::spawn(async move {
             let mut parked = Vec::new();
             while let Ok((client, _)) = listener.accept().await {
+                let number = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 if *cut_rx.borrow() {
                     parked.push(client);
                     continue;
@@ -328,11 +340,32 @@ impl Proxy {
                 };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                tokio::spawn(pipe(client_read, server_write, cut_rx.clone()));
-                tokio::spawn(pipe(server_read, client_write, cut_rx.clone()));
+                let stall = (number, stall_rx.clone());
+                tokio::spawn(pipe(
+                    client_read,
+                    server_write,
+                    cut_rx.clone(),
+                    stall.clone(),
+                ));
+                tokio::spawn(pipe(server_read, client_write, cut_rx.clone(), stall));
             }
         });
-        Proxy { addr, cut }
+        Proxy {
+            addr,
+            cut,
+            stalled_upto,
+            opened,
+        }
+    }
+
+    /// Holds back what the connections open now carry, until [`Proxy::resume`].
+    fn stall_open_connections(&self) {
+        self.stalled_upto
+            .send_replace(self.opened.load(Ordering::SeqCst));
+    }
+
+    fn resume(&self) {
+        self.stalled_upto.send_replace(0);
     }
 
     fn cut(&self) {
@@ -355,9 +388,13 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut cut: watch::Receiver<bool>,
+    (number, mut stalled_upto): (u64, watch::Receiver<u64>),
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        if stalled_upto.wait_for(|upto| number > *upto).await.is_err() {
+            return;
+        }
         tokio::select! {
             changed = cut.changed() => {
                 if changed.is_err() {
@@ -444,6 +481,53 @@ async fn a_holder_cut_off_from_the_database_fences_before_its_lease_can_expire()
     // Nothing more for the lost grant.
     drop(holder);
     assert_eq!(next(&mut holder_events).await, None);
+}
+
+/// A shim gives the lock back (its old engine is gone) while its database connection stalls, so
+/// the release goes unanswered; its next engine, of another version, asks for the lock at once,
+/// renaming the session stalls too, and a new session takes the lease. When the stalled release
+/// lands, it ends that lease: the shim must not be holding a usable grant on it then.
+#[tokio::test]
+async fn a_release_that_lands_late_never_ends_a_lease_the_holder_is_using() {
+    let name = unique_name("lease-late-release");
+    let (lease, renew) = (MS(6000), MS(1500));
+    let opts = options(LockMode::Lease, &name, lease, renew);
+    let proxy = Proxy::start(database_addr()).await;
+    let db = admin().await;
+    let mut holder = pg_lock_at(&proxy.url_for(&pg_url()), &opts);
+    let (_, _old_events) = granted(&mut holder, me(501, "1.0.0")).await;
+
+    proxy.stall_open_connections();
+    holder.release();
+    // The release runs out of time: the worker is done with it, unsure whether it landed.
+    assert!(holder.settle(PATIENCE).await);
+    let (_, expiry_before, _, _) = lease_row(&db, &name).await;
+    let (tx, mut events) = channel();
+    holder.acquire(me(501, "1.1.0"), tx);
+    // A new session takes the lease again: its expiry moves on.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while lease_row(&db, &name).await.1 <= expiry_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was never taken again"
+        );
+        tokio::time::sleep(MS(20)).await;
+    }
+    // Now the stalled release lands and ends that lease.
+    proxy.resume();
+    while lease_row(&db, &name).await.3 > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled release never landed"
+        );
+        tokio::time::sleep(MS(20)).await;
+    }
+    let granted = std::iter::from_fn(|| events.try_recv().ok())
+        .any(|event| matches!(event, LockEvent::Granted { .. }));
+    assert!(
+        !(granted && holder.is_held() && holder.usable()),
+        "the holder uses a grant on a lease the database has ended: another shim may take it"
+    );
 }
 
 #[tokio::test]
@@ -574,8 +658,8 @@ async fn dual_needs_the_advisory_lock_and_the_lease_and_is_lost_with_either() {
 }
 
 /// A whole-process pause (SIGSTOP, a VM freeze), as seen from inside: nothing in the process
-/// runs for longer than the lease. The runtime's one thread is blocked, so the worker, its timer
-/// and its connection are all frozen, as they would be.
+/// runs for longer than the lease. The lock worker's thread and the runtime's one thread are both
+/// blocked, so the worker, its timer, its connection and the shell are all frozen, as they would be.
 #[tokio::test(flavor = "current_thread")]
 async fn a_holder_frozen_past_its_lease_reports_the_loss_first_thing_on_waking() {
     let name = unique_name("lease-frozen");
@@ -584,7 +668,9 @@ async fn a_holder_frozen_past_its_lease_reports_the_loss_first_thing_on_waking()
     let mut holder = pg_lock(&opts);
     let (_epoch, mut events) = granted(&mut holder, me(801, "1.0.0")).await;
 
-    std::thread::sleep(lease + MS(500));
+    let pause = lease + MS(500);
+    holder.worker.as_ref().expect("a worker").freeze_for(pause);
+    std::thread::sleep(pause);
 
     match next(&mut events).await {
         Some(LockEvent::Lost { reason, kill_by }) => {
@@ -753,4 +839,56 @@ fn a_postgres_lock_outside_a_runtime_fails_instead_of_hanging() {
         other => panic!("expected Failed, got {other:?}"),
     }
     assert!(!lock.is_held());
+}
+
+/// The shim's runtime is busy for seconds (a worker thread blocked in a slow file read on a
+/// loaded host) just as the database stops answering: the lock must still fence at its renew
+/// deadline, in time to kill the engine before the database can let anyone else in. The test's
+/// runtime has one thread and this test blocks it; the proxy runs on it too, so nothing reaches
+/// the database meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn a_holder_fences_on_time_while_the_shims_runtime_is_blocked() {
+    let name = unique_name("lease-busy");
+    let (lease, renew) = (MS(2000), MS(500));
+    let opts = options(LockMode::Lease, &name, lease, renew);
+    let proxy = Proxy::start(database_addr()).await;
+    let mut holder = pg_lock_at(&proxy.url_for(&pg_url()), &opts);
+    let (_epoch, mut events) = granted(&mut holder, me(901, "1.0.0")).await;
+
+    proxy.cut();
+    // Blocks this runtime's only thread until the loss arrives (or, without it, for far longer
+    // than the lease): the lock's worker must not need this thread to fence.
+    let blocked_from = std::time::Instant::now();
+    let lost = loop {
+        match events.try_recv() {
+            Ok(event) => break Some(event),
+            Err(_) if blocked_from.elapsed() > MS(20_000) => break None,
+            Err(_) => std::thread::sleep(MS(10)),
+        }
+    };
+    match lost {
+        Some(LockEvent::Lost { reason, kill_by }) => {
+            assert!(reason.contains("no renewal succeeded"), "{reason}");
+            assert!(
+                kill_by.remaining() > Duration::ZERO,
+                "the loss came after its kill deadline: {reason}"
+            );
+        }
+        other => panic!(
+            "expected Lost while the shim's runtime was blocked, got {other:?} after {:?}",
+            blocked_from.elapsed()
+        ),
+    }
+    assert!(!holder.is_held());
+}
+
+#[tokio::test]
+async fn a_holder_keeps_renewing_a_short_lease() {
+    let name = unique_name("lease-short");
+    let opts = options(LockMode::Lease, &name, MS(1000), MS(200));
+    let mut holder = pg_lock(&opts);
+    let (_, mut events) = granted(&mut holder, me(601, "1.0.0")).await;
+    let quiet = tokio::time::timeout(MS(3000), events.recv()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+    assert!(holder.is_held() && holder.usable());
 }
