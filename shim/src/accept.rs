@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
+use crate::pace::Pacer;
 
 /// What to do after one failed accept: wait `delay`, and log a line if `line` says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +39,8 @@ pub struct ErrorLine {
 #[derive(Debug, Clone)]
 pub struct AcceptErrors {
     backoff: Backoff,
-    log_every: Duration,
-    next_error_line: Option<Instant>,
+    /// When the next error line may be said.
+    error_line: Pacer<Instant>,
     suppressed: u64,
     /// Errors since the last "accepting again" line (or since the start).
     since_recovery: u64,
@@ -58,8 +59,7 @@ impl AcceptErrors {
     pub fn new(initial: Duration, max: Duration, log_every: Duration) -> Self {
         AcceptErrors {
             backoff: Backoff::new(initial, max),
-            log_every,
-            next_error_line: None,
+            error_line: Pacer::every(log_every),
             suppressed: 0,
             since_recovery: 0,
             logged_since_recovery: false,
@@ -69,9 +69,7 @@ impl AcceptErrors {
     /// An accept failed at `now`.
     pub fn failed(&mut self, now: Instant) -> AfterError {
         self.since_recovery += 1;
-        let due = self.next_error_line.is_none_or(|at| now >= at);
-        let line = if due {
-            self.next_error_line = Some(now + self.log_every);
+        let line = if self.error_line.due(now) {
             self.logged_since_recovery = true;
             Some(ErrorLine {
                 suppressed: std::mem::take(&mut self.suppressed),

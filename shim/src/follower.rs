@@ -40,6 +40,7 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 use crate::backoff::Backoff;
 use crate::block::{BlockHash, BlockRef};
 use crate::defaults;
+use crate::pace::Pacer;
 use crate::rpc::{ConnectOptions, Header, NodeClient, RpcError};
 use crate::storage_key::release_key;
 use crate::version::{ReleaseError, SemVer};
@@ -205,11 +206,6 @@ pub fn check_chain(followed: BlockRef, node: Option<BlockHash>) -> Result<(), Ch
     }
 }
 
-/// Whether a repeated line is due: always the first time, then at most every `every`.
-pub fn calm_line_due(last: Option<Instant>, now: Instant, every: Duration) -> bool {
-    last.is_none_or(|last| now.saturating_duration_since(last) >= every)
-}
-
 /// Which blocks to fetch after learning of a new finalized head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -248,13 +244,13 @@ pub fn plan(last_processed: Option<u64>, finalized: u64) -> Plan {
 pub async fn follow(config: FollowerConfig, events: mpsc::Sender<FollowerEvent>) {
     let mut follower = Follower {
         backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+        behind_line: Pacer::every(config.behind_log_every),
         config,
         events,
         genesis: None,
         last_processed: None,
         processed_on_this_connection: false,
         last_verified: false,
-        behind_logged: None,
     };
     follower.run().await;
 }
@@ -284,8 +280,9 @@ struct Follower {
     processed_on_this_connection: bool,
     /// Whether this connection's node has shown it holds `last_processed` (see [`check_chain`]).
     last_verified: bool,
-    /// When the current "node is behind" episode was last reported; `None` outside an episode.
-    behind_logged: Option<Instant>,
+    /// When the "node is behind" line may repeat; reset when an episode ends, so the next
+    /// episode is reported at once.
+    behind_line: Pacer<Instant>,
 }
 
 impl Follower {
@@ -293,7 +290,7 @@ impl Follower {
         loop {
             self.processed_on_this_connection = false;
             self.last_verified = false;
-            self.behind_logged = None;
+            self.behind_line.reset();
             let reason = match self.connection().await {
                 Interrupt::ReceiverGone => return,
                 Interrupt::Lost(reason) => reason,
@@ -435,9 +432,7 @@ impl Follower {
                 last_processed,
                 node_finalized,
             } => {
-                let now = Instant::now();
-                if calm_line_due(self.behind_logged, now, self.config.behind_log_every) {
-                    self.behind_logged = Some(now);
+                if self.behind_line.due(Instant::now()) {
                     let event = FollowerEvent::Behind {
                         url: self.config.url.clone(),
                         last_processed,
@@ -448,7 +443,7 @@ impl Follower {
                 return Ok(());
             }
         };
-        self.behind_logged = None;
+        self.behind_line.reset();
         self.check_last_processed(client).await?;
         self.catch_up(client, range).await
     }
@@ -642,18 +637,5 @@ mod tests {
         assert!(mismatch.to_string().starts_with("its block #9 is 0x0202"));
         let mismatch = check_chain(block(9, 1), None).unwrap_err();
         assert!(mismatch.to_string().starts_with("it has no block #9"));
-    }
-
-    #[test]
-    fn the_behind_line_repeats_calmly() {
-        let start = Instant::now();
-        let every = Duration::from_secs(60);
-        assert!(calm_line_due(None, start, every));
-        assert!(!calm_line_due(
-            Some(start),
-            start + Duration::from_secs(59),
-            every
-        ));
-        assert!(calm_line_due(Some(start), start + every, every));
     }
 }

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use crate::backoff::RestartBackoff;
 use crate::block::BlockRef;
 use crate::covers::Covers;
+use crate::pace::Pacer;
 use crate::version::{Compatibility, ReleaseError, Rule, SemVer};
 
 /// Index of an engine in the list the gate was built with.
@@ -380,9 +381,10 @@ pub struct Gate {
     lock: LockState,
     known: Option<KnownRelease>,
     backoff: Vec<RestartBackoff>,
-    /// The earliest moment a waiting / no-engine / unknown-release line may repeat. Not a
-    /// wake-up: the line names the latest block, so it is said with the next block after it.
-    calm_line_after: Option<Instant>,
+    /// When a waiting / no-engine / unknown-release line may repeat. Not a wake-up (so not in
+    /// [`Gate::next_deadline`]): the line names the latest block, so it is said with the next
+    /// block after it.
+    calm_line: Pacer<Instant>,
     /// The problem last reported for an unknown release, so a change of problem is logged at once.
     last_release_error: Option<ReleaseError>,
     /// The moment of the event being handled.
@@ -413,7 +415,7 @@ impl Gate {
             lock: LockState::Free,
             known: None,
             backoff,
-            calm_line_after: None,
+            calm_line: Pacer::every(timing.wait_log_every),
             last_release_error: None,
             now: None,
             last_block: None,
@@ -789,16 +791,16 @@ impl Gate {
             known.upgrade_pending = false;
         }
         self.job = Job::Running(engine);
-        self.calm_line_after = None;
+        self.calm_line.reset();
     }
 
     /// Whether a "nothing runs" line is due: at once when the news is fresh, else at most every
     /// `wait_log_every`. Marks it as said when it is.
     fn calm_line_due(&mut self, fresh: bool) -> bool {
         let now = self.now();
-        let due = fresh || self.calm_line_after.is_none_or(|after| now >= after);
+        let due = fresh || self.calm_line.is_due(now);
         if due {
-            self.calm_line_after = Some(now + self.timing.wait_log_every);
+            self.calm_line.said(now);
         }
         due
     }

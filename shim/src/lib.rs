@@ -22,7 +22,7 @@
 //!
 //! # Layers
 //! Modules depend downwards only; a unit test (`layers`) fails on any import circle:
-//! 1. vocabulary: `block`, `version`, `storage_key`, `backoff`, `covers`, `defaults`;
+//! 1. vocabulary: `block`, `version`, `storage_key`, `backoff`, `pace`, `covers`, `defaults`;
 //! 2. machines and I/O pieces: `gate` (pure), `lock`, `rpc`, `follower`, `supervisor`,
 //!    `guardian`, `probe`, `elf`, `watch`, `head`, `control`, `metrics`, `telemetry`;
 //! 3. settings: `config` (clap-free);
@@ -45,6 +45,7 @@ pub(crate) mod guardian;
 pub(crate) mod head;
 pub(crate) mod lock;
 pub(crate) mod metrics;
+pub(crate) mod pace;
 pub(crate) mod preflight;
 pub(crate) mod probe;
 pub(crate) mod rpc;

@@ -37,10 +37,11 @@ use std::time::Duration;
 
 use super::conn::{DbError, ErrorKind};
 use super::fence::{BootInstant, Fence};
-use super::pacing::{Pacer, WaitReport};
+use super::pacing::{unreachable_line, WaitReport};
 use super::pg_config::PgLockConfig;
 use super::HolderInfo;
 use crate::backoff::Backoff;
+use crate::pace::Pacer;
 
 /// Most the pause between attempts grows to while the database is unreachable: no busy loop, and
 /// a takeover still follows within a few seconds of the database's return.
@@ -272,7 +273,7 @@ pub(super) struct LeaseMachine {
     events: VecDeque<Event>,
     waiting: WaitReport,
     unreachable: Backoff,
-    unreachable_log: Pacer,
+    unreachable_log: Pacer<BootInstant>,
 }
 
 impl LeaseMachine {
@@ -294,7 +295,7 @@ impl LeaseMachine {
             events: VecDeque::new(),
             waiting: WaitReport::new(0),
             unreachable: Backoff::new(policy.renew, UNREACHABLE_BACKOFF_MAX.max(policy.renew)),
-            unreachable_log: Pacer::new(),
+            unreachable_log: unreachable_line(),
         }
     }
 

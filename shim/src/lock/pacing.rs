@@ -1,16 +1,23 @@
 //! How often a waiting database lock speaks: the `Waiting` reports a waiter sends its run loop, and
 //! the "cannot reach the lock database" line. Both are pure and take the time as an argument, so
-//! the lock machine that uses them stays free of clock reads.
+//! the lock machine that uses them stays free of clock reads. The gaps come from the shared
+//! [`Pacer`]; what is news (a new holder) is decided here.
 
 use std::time::Duration;
 
 use super::fence::BootInstant;
 use super::HolderInfo;
-use crate::backoff::Backoff;
+use crate::pace::Pacer;
 
 /// Spacing of repeated `Waiting` reports and "unreachable" log lines: doubling up to the cap.
 const REPORT_GAP_FIRST: Duration = Duration::from_secs(5);
 const REPORT_GAP_MAX: Duration = Duration::from_secs(300);
+
+/// The pacer of the "cannot reach the lock database" line: the first at once, then at doubling
+/// intervals until the database answers again (then reset).
+pub(super) fn unreachable_line() -> Pacer<BootInstant> {
+    Pacer::doubling(REPORT_GAP_FIRST, REPORT_GAP_MAX)
+}
 
 /// Decides when a waiting acquisition reports (again) whom it waits for: at once the first time,
 /// then only when the holder changes, and then no more often than a doubling gap.
@@ -18,10 +25,11 @@ const REPORT_GAP_MAX: Duration = Duration::from_secs(300);
 pub(super) struct WaitReport {
     /// The acquisition this report is about; a new acquisition starts a new report.
     pub(super) serial: u64,
-    /// What was last reported, and when.
-    last: Option<(Option<HolderKey>, BootInstant)>,
-    /// How long after the last report a change may be reported.
-    gap: Duration,
+    /// The holder last reported (`Some(None)`: that nobody held it); `None` before the first
+    /// report.
+    last: Option<Option<HolderKey>>,
+    /// How soon after the last report a change may be reported.
+    pacer: Pacer<BootInstant>,
 }
 
 /// What makes a holder a different one (its expiry changes with every renewal, so it does not).
@@ -32,7 +40,7 @@ impl WaitReport {
         WaitReport {
             serial,
             last: None,
-            gap: REPORT_GAP_FIRST,
+            pacer: Pacer::doubling(REPORT_GAP_FIRST, REPORT_GAP_MAX),
         }
     }
 
@@ -41,47 +49,13 @@ impl WaitReport {
         let key = holder
             .as_ref()
             .map(|h| (h.host.clone(), h.pid, h.engine_version.clone(), h.epoch));
-        let report = match &self.last {
-            None => true,
-            Some((last, _)) if *last == key => false,
-            Some((_, at)) => now.saturating_duration_since(*at) >= self.gap,
-        };
+        // Before the first report nothing has been said, so the pacer lets it through at once.
+        let report = self.last.as_ref() != Some(&key) && self.pacer.is_due(now);
         if report {
-            if self.last.is_some() {
-                self.gap = self.gap.saturating_mul(2).min(REPORT_GAP_MAX);
-            }
-            self.last = Some((key, now));
+            self.pacer.said(now);
+            self.last = Some(key);
         }
         report
-    }
-}
-
-/// Paces a repeated log line: the first at once, then at doubling intervals until reset.
-#[derive(Debug, Clone)]
-pub(super) struct Pacer {
-    next_at: Option<BootInstant>,
-    gap: Backoff,
-}
-
-impl Pacer {
-    pub(super) fn new() -> Self {
-        Pacer {
-            next_at: None,
-            gap: Backoff::new(REPORT_GAP_FIRST, REPORT_GAP_MAX),
-        }
-    }
-
-    /// Whether the line is due at `now`; if so, the next one is due one (growing) gap later.
-    pub(super) fn due(&mut self, now: BootInstant) -> bool {
-        if self.next_at.is_some_and(|at| now < at) {
-            return false;
-        }
-        self.next_at = Some(now + self.gap.next_delay());
-        true
-    }
-
-    pub(super) fn reset(&mut self) {
-        *self = Pacer::new();
     }
 }
 
@@ -122,8 +96,8 @@ mod tests {
     }
 
     #[test]
-    fn the_log_pacer_spaces_lines_until_reset() {
-        let mut pacer = Pacer::new();
+    fn the_unreachable_line_is_spaced_on_the_boot_clock_until_reset() {
+        let mut pacer = unreachable_line();
         assert!(pacer.due(at(0)));
         assert!(!pacer.due(at(1)));
         assert!(pacer.due(at(5)));
