@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -129,7 +129,8 @@ pub struct Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
     Delivered,
-    /// The process has already been reaped: nothing was signalled, and no other process can be.
+    /// The process has already exited (reaped or not): nothing was signalled, and no other
+    /// process can be.
     AlreadyGone,
 }
 
@@ -137,11 +138,27 @@ impl Target {
     /// Sends the target's signal through its pidfd. A pidfd names one process for ever: once that
     /// process is reaped the kernel answers `ESRCH`, even if its pid number was reused since.
     pub fn send(&self) -> io::Result<Sent> {
+        // Exited but not yet reaped (the engine ended on its own just now): nothing to kill, and
+        // the log must not claim a kill.
+        if self.has_exited() {
+            return Ok(Sent::AlreadyGone);
+        }
         match rustix::process::pidfd_send_signal(&self.pidfd, self.signal) {
             Ok(()) => Ok(Sent::Delivered),
             Err(Errno::SRCH) => Ok(Sent::AlreadyGone),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// A pidfd polls readable once its process has exited, reaped or not.
+    fn has_exited(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call; a zero timeout never blocks.
+        unsafe { libc::poll(&mut poll, 1, 0) > 0 }
     }
 }
 
@@ -160,18 +177,18 @@ impl Shared {
     }
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
 /// One watched process: arm it with a deadline; dropping the watch forgets the process, so
 /// nothing is sent to it afterwards (drop it once the process is reaped).
 #[derive(Debug)]
 pub struct Watch {
     key: u64,
     shared: &'static Shared,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
-    }
 }
 
 /// Starts watching `target`; its signal is sent only after [`Watch::arm`], at the deadline.
@@ -388,5 +405,33 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(target.send().unwrap(), Sent::AlreadyGone);
+    }
+
+    #[test]
+    fn a_live_process_is_signalled_and_an_exited_one_is_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let target = Target {
+            pidfd: rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap(),
+            signal: Signal::KILL,
+            label: "1.0.0".into(),
+            engine_pid: child.id(),
+        };
+        assert_eq!(target.send().unwrap(), Sent::Delivered);
+        // Killed but not reaped: a zombie, which polls as exited.
+        let mut poll = libc::pollfd {
+            fd: target.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call. Waits for the exit, 30 s at most.
+        unsafe { libc::poll(&mut poll, 1, 30_000) };
+        assert!(target.has_exited(), "SIGKILL did not end the process");
+        assert_eq!(target.send().unwrap(), Sent::AlreadyGone);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(Signal::KILL.as_raw()));
     }
 }
