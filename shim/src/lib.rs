@@ -24,7 +24,7 @@
 //! Modules depend downwards only; a unit test (`layers`) fails on any import circle:
 //! 1. vocabulary: `block`, `version`, `storage_key`, `backoff`, `pace`, `covers`, `defaults`;
 //! 2. machines and I/O pieces: `gate` (pure), `lock`, `rpc`, `follower`, `supervisor`,
-//!    `guardian`, `probe`, `elf`, `watch`, `head`, `control`, `metrics`, `telemetry`;
+//!    `deadline_kill`, `guardian`, `probe`, `elf`, `watch`, `head`, `control`, `metrics`, `telemetry`;
 //! 3. settings: `config` (clap-free);
 //! 4. shells: `run`, `check`;
 //! 5. edge: `cli` (clap) and the binary (`main.rs`: flags, signals, exit codes).
@@ -37,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod control;
 pub(crate) mod covers;
+pub(crate) mod deadline_kill;
 pub mod defaults;
 pub(crate) mod elf;
 pub mod follower;

@@ -360,6 +360,9 @@ struct Shell {
     lock_rx: mpsc::UnboundedReceiver<LockEvent>,
     /// The epoch of the lock held now (lease locks), handed to the engine for fencing downstream.
     lock_epoch: Option<u64>,
+    /// The kill deadline of the loss being handled (boot-time clock), for the deadline killer of
+    /// the engine the gate fences in answer; set only while that event is handled.
+    fence_kill_by: Option<BootInstant>,
     /// How long the instance stands by after a step-down (the gate keeps the time; this is for
     /// the answer to the operator).
     standby: Duration,
@@ -412,6 +415,7 @@ impl Shell {
             lock_tx,
             lock_rx,
             lock_epoch: None,
+            fence_kill_by: None,
             standby,
             control_rx,
             step_down_waiters: Vec::new(),
@@ -655,6 +659,7 @@ impl Shell {
                 warn!(lock = %spec, kill_within_ms = within.as_millis() as u64,
                     "lost the lock {spec}: {reason}; the engine must be gone within {}",
                     humantime::format_duration(within));
+                self.fence_kill_by = Some(kill_by);
                 let kill_by = Instant::now() + remaining;
                 Ok(Some(Event::LockLost { reason, kill_by }))
             }
@@ -696,7 +701,14 @@ impl Shell {
                         None => error!("asked to stop engine {engine}, which is not running"),
                     },
                     Action::Fence { engine } => match self.children.get(&engine) {
-                        Some(child) => child.stop(self.grace),
+                        Some(child) => {
+                            child.stop(self.grace);
+                            // The backstop on a thread of its own: dead by the deadline even if
+                            // this runtime is too busy to carry out the gate's `Kill` on time.
+                            if let Some(deadline) = self.fence_kill_by {
+                                child.kill_by(deadline);
+                            }
+                        }
                         None => error!("asked to fence engine {engine}, which is not running"),
                     },
                     // A child already reaped needs no killing.
@@ -746,6 +758,7 @@ impl Shell {
                 }
             }
         }
+        self.fence_kill_by = None;
         self.metrics
             .no_compatible_engine(self.gate.missing_engine().is_some());
         self.metrics.engine_should_run(self.gate.target().is_some());

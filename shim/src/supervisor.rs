@@ -14,7 +14,11 @@
 //!   whole tree;
 //! - stdout and stderr are drained continuously and forwarded line by line as tracing events, so a
 //!   chatty engine never blocks on a full pipe and its lines land in the shim's log format;
-//! - exactly one [`ChildExit`] is sent per child, after the child was reaped.
+//! - exactly one [`ChildExit`] is sent per child, after the child was reaped;
+//! - a hard kill deadline ([`ChildHandle::kill_by`], the lock's fence) is also watched by the
+//!   deadline killer (`deadline_kill.rs`), an OS thread that sends the same [`guardian::KILL_NOW`]
+//!   through the guardian's pidfd: the engine dies on time even when this module's task, which
+//!   normally kills it first, is held up by a busy runtime.
 
 use std::borrow::Cow;
 use std::io::{self, Read};
@@ -22,6 +26,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -31,7 +36,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::deadline_kill::{self, Watch};
 use crate::guardian::{self, Report};
+use crate::lock::BootInstant;
 
 /// How long the guardian may take to start the engine and report its pid: an exec and a fork.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,6 +94,8 @@ enum Control {
 pub struct ChildHandle {
     pid: u32,
     control: mpsc::UnboundedSender<Control>,
+    /// The child's entry with the deadline killer; forgotten by the child's task once reaped.
+    deadline: Arc<Watch>,
 }
 
 impl ChildHandle {
@@ -105,6 +114,15 @@ impl ChildHandle {
     /// SIGKILL to the child's process group at once, e.g. when the lock guarding the engine is lost.
     pub fn kill_now(&self) {
         let _ = self.control.send(Control::KillNow);
+    }
+
+    /// The child must be dead by `deadline` (on the boot-time clock), e.g. the lock's kill
+    /// deadline once it is lost. Arms the deadline killer's thread, which kills the child's whole
+    /// tree then as [`ChildHandle::kill_now`] would, even if no runtime thread is free to run the
+    /// child's task. Synchronous; a later deadline than one already set changes nothing; a no-op
+    /// once the child has been reaped.
+    pub fn kill_by(&self, deadline: BootInstant) {
+        self.deadline.arm(deadline);
     }
 }
 
@@ -172,11 +190,32 @@ pub fn spawn_child(
     let guardian_pid = child
         .id()
         .ok_or_else(|| io::Error::other("spawned guardian has no pid"))?;
+    // Opened while the guardian is our unreaped child, so it names the guardian and nothing else.
+    let guardian_fd = match open_pidfd(guardian_pid) {
+        Ok(fd) => fd,
+        Err(error) => {
+            let _ = signal_pid(guardian_pid, Signal::KILL);
+            return Err(error);
+        }
+    };
     let pid = match read_report(report_read, REPORT_TIMEOUT) {
         Ok(Report::Started(pid)) => pid,
         Ok(Report::Failed(error)) => return Err(io::Error::other(error)),
         Err(error) => {
             let _ = signal_pid(guardian_pid, Signal::KILL);
+            return Err(error);
+        }
+    };
+    // Mirrors the task's own kill: KILL_NOW to the guardian, which kills the engine's whole tree.
+    let deadline = match deadline_kill::watch(deadline_kill::Target {
+        pidfd: guardian_fd,
+        signal: KILL_NOW,
+        label: spec.label.clone(),
+        engine_pid: pid,
+    }) {
+        Ok(watch) => Arc::new(watch),
+        Err(error) => {
+            let _ = signal_pid(guardian_pid, KILL_NOW);
             return Err(error);
         }
     };
@@ -200,6 +239,7 @@ pub fn spawn_child(
         child,
         control: control_rx,
         readers: readers.into_iter().flatten().collect(),
+        deadline: Arc::clone(&deadline),
     };
     tokio::spawn(async move {
         let exit = supervised.run().await;
@@ -209,6 +249,20 @@ pub fn spawn_child(
     Ok(ChildHandle {
         pid,
         control: control_tx,
+        deadline,
+    })
+}
+
+/// A pidfd for our own child `pid`; the error names what the shim needs.
+fn open_pidfd(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let Some(pid) = Pid::from_raw(pid as i32) else {
+        return Err(io::Error::other(format!("invalid pid {pid}")));
+    };
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(|error| {
+        io::Error::other(format!(
+            "cannot open a pidfd for the engine's guardian (pid {pid}): {error}; \
+             engine-shim needs Linux 5.3 or newer"
+        ))
     })
 }
 
@@ -274,6 +328,9 @@ struct Supervised {
     child: Child,
     control: mpsc::UnboundedReceiver<Control>,
     readers: Vec<JoinHandle<()>>,
+    /// Forgotten as soon as the guardian is reaped (or killed by this task), so the deadline
+    /// killer never signals it afterwards.
+    deadline: Arc<Watch>,
 }
 
 /// Where a child is on its way out. It only moves forward: running, then terminating (SIGTERM
@@ -379,6 +436,7 @@ impl Supervised {
             }
         };
         // The guardian has exited: the engine and everything it left were killed and reaped.
+        self.deadline.forget();
         let uptime = self.started.elapsed();
         let readers = std::mem::take(&mut self.readers);
         let drained = tokio::time::timeout(OUTPUT_DRAIN_LIMIT, async {
@@ -426,6 +484,8 @@ impl Supervised {
             signal
         };
         match signal_pid(self.guardian_pid, to_guardian) {
+            // The whole tree is being killed: nothing is left for the deadline killer to do.
+            Ok(()) if signal == Signal::KILL => self.deadline.forget(),
             // The guardian is already gone, and with it the whole tree.
             Ok(()) | Err(Errno::SRCH) => {}
             Err(error) => {
@@ -962,5 +1022,101 @@ mod tests {
         .unwrap();
         terminated(engine).await;
         terminated(helper).await;
+    }
+
+    /// Waits for a process to end by polling its pidfd on the calling thread, blocking it (and the
+    /// runtime it belongs to) for up to `within`; true if the process ended.
+    fn wait_blocking(pidfd: &OwnedFd, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut poll = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis() as i32) };
+            if ready > 0 {
+                return true;
+            }
+        }
+    }
+
+    /// The lock's fence in miniature: an engine that ignores SIGTERM must be dead by its kill
+    /// deadline, and the only runtime thread that could run its task is blocked from before the
+    /// deadline until the engine is dead. Only the deadline killer's own thread can kill it.
+    #[test]
+    fn the_engine_dies_at_its_kill_deadline_while_the_runtime_is_blocked() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (_guard, mut lines) = capture();
+            let (exits_tx, mut exits) = mpsc::unbounded_channel();
+            let script = "trap '' TERM; echo ready; while :; do sleep 0.05; done";
+            let child = spawn_child(0, &sh("1.0.0", script), exits_tx).unwrap();
+            line_where(&mut lines, |l| l.message == "ready").await;
+            let engine = pidfd(child.pid());
+            // What the run loop does when the lock is lost: stop with a long grace (the async
+            // SIGKILL is far away) and a hard deadline soon.
+            child.stop(Duration::from_secs(60));
+            let deadline = BootInstant::now() + Duration::from_millis(300);
+            child.kill_by(deadline);
+
+            // From here until the engine is dead, this task never yields: the runtime is blocked.
+            let died = wait_blocking(&engine, SAFETY);
+            let dead_at = BootInstant::now();
+            assert!(
+                died,
+                "the engine outlived its kill deadline while the runtime was blocked"
+            );
+            assert!(dead_at >= deadline, "killed before its deadline");
+            // The lock's contract: dead a full renewal (1 s by default) before the database
+            // could let another holder in; the deadline itself is that far ahead of it.
+            let late = dead_at.saturating_duration_since(deadline);
+            assert!(
+                late < crate::lock::DEFAULT_RENEW,
+                "killed {late:?} after its deadline"
+            );
+            eprintln!("engine dead {late:?} after its kill deadline");
+
+            let exit = next_exit(&mut exits).await;
+            assert_eq!(
+                exit.status.signal(),
+                Some(Signal::KILL.as_raw()),
+                "{exit:?}"
+            );
+        });
+    }
+
+    #[tokio::test]
+    async fn a_reaped_engine_is_never_armed_again() {
+        let (exits_tx, mut exits) = mpsc::unbounded_channel();
+        let child = spawn_child(0, &sh("1.0.0", "exit 0"), exits_tx).unwrap();
+        next_exit(&mut exits).await;
+        // A deadline set after the reaping (the run loop has not heard of the exit yet) is
+        // ignored: the guardian's pidfd is closed and nothing is sent to it, or to its pid.
+        child.kill_by(BootInstant::now());
+        assert!(!child.deadline.is_armed());
+    }
+
+    #[tokio::test]
+    async fn a_kill_by_the_task_disarms_the_deadline_killer() {
+        let (_guard, mut lines) = capture();
+        let (exits_tx, mut exits) = mpsc::unbounded_channel();
+        let script = "trap '' TERM; echo ready; while :; do sleep 0.05; done";
+        let child = spawn_child(0, &sh("1.0.0", script), exits_tx).unwrap();
+        line_where(&mut lines, |l| l.message == "ready").await;
+        child.kill_by(BootInstant::now() + Duration::from_secs(3600));
+        assert!(child.deadline.is_armed());
+        child.kill_now();
+        let exit = next_exit(&mut exits).await;
+        assert_eq!(exit.status.signal(), Some(Signal::KILL.as_raw()));
+        assert!(!child.deadline.is_armed());
     }
 }

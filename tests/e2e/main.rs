@@ -18,6 +18,7 @@ mod failover_primary_secondary;
 mod failover_upgrade;
 mod fake_engine_double;
 mod fake_node;
+mod fence_blocked_runtime;
 mod handover_one_process;
 mod handover_two_processes;
 mod hostile_control;
