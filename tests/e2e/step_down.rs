@@ -35,12 +35,14 @@ async fn step_down_moves_the_engine_to_the_waiting_instance_and_back() {
     let host = Host::new();
     let socket = host.dir.path().join("primary.sock");
     let socket_arg = socket.display().to_string();
-    // The stand-by only has to outlast the secondary's wake-up on the freed file lock; a loaded
-    // machine may leave that thread unscheduled for a few hundred milliseconds.
+    // The stand-by counts from the request, so it has to outlast the engine's stop and then the
+    // secondary's wake-up on the freed file lock; on a loaded machine each of those took
+    // hundreds of milliseconds (the stop 0.8 s), and a stand-by over by the time the lock is
+    // given back lets the primary take it straight back.
     let primary = host
         .shim(&node)
         .engine("1.0.0")
-        .shim_args(&["--control-socket", &socket_arg, "--standby", "1s"])
+        .shim_args(&["--control-socket", &socket_arg, "--standby", "3s"])
         .spawn();
     let first = host.wait_event("start", "1.0.0", 1).await;
     let secondary = host.shim(&node).engine("1.0.0").spawn();
