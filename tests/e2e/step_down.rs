@@ -35,16 +35,22 @@ async fn step_down_moves_the_engine_to_the_waiting_instance_and_back() {
     let host = Host::new();
     let socket = host.dir.path().join("primary.sock");
     let socket_arg = socket.display().to_string();
+    // The stand-by counts from the request, so it has to outlast the engine's stop and then the
+    // secondary's wake-up on the freed file lock; on a loaded machine each of those took
+    // hundreds of milliseconds (the stop 0.8 s), and a stand-by over by the time the lock is
+    // given back lets the primary take it straight back.
     let primary = host
         .shim(&node)
         .engine("1.0.0")
-        .shim_args(&["--control-socket", &socket_arg, "--standby", "200ms"])
+        .shim_args(&["--control-socket", &socket_arg, "--standby", "3s"])
         .spawn();
     let first = host.wait_event("start", "1.0.0", 1).await;
     let secondary = host.shim(&node).engine("1.0.0").spawn();
     secondary.wait_message(0, &["waiting for the lock"]).await;
 
     // The primary steps down: the answer comes once its engine is reaped and the lock is free.
+    // The mark comes first: the primary's short stand-by may be over before the answer is read.
+    let mark = primary.mark();
     let (code, answer) = step_down(&["--control-socket", &socket_arg]).await;
     assert_eq!(code, 0, "{answer}");
     assert!(answer.contains("handed off"), "{answer}");
@@ -57,15 +63,14 @@ async fn step_down_moves_the_engine_to_the_waiting_instance_and_back() {
 
     // After its stand-by the primary waits for the lock again; hand back with SIGUSR1, asked for
     // under the command's earlier name.
-    let mark = primary.mark();
-    primary
+    let (over, _) = primary
         .wait_message(mark, &["stand-by after the hand-off is over"])
         .await;
     let pid = secondary.proc.pid().to_string();
     let (code, answer) = engine_shim(&["handoff"], &["--pid", &pid]).await;
     assert_eq!(code, 0, "{answer}");
     let third = host.wait_event("start", "1.0.0", 3).await;
-    primary.wait_message(mark, &["acquired the lock"]).await;
+    primary.wait_message(over, &["acquired the lock"]).await;
     assert!(host.wait_event("stop", "1.0.0", 2).await.unix_nanos() < third.unix_nanos());
     host.assert_no_lock_failed();
     host.assert_lives_never_overlap(&[]);
