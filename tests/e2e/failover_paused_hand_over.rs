@@ -68,7 +68,7 @@ async fn lease_holder_paused_during_a_hand_over_starts_the_next_engine_only_on_a
     thaw(&[shim.proc.pid()]);
     let new = host.wait_event("start", "1.1.0", 1).await;
     wait_started_by(&shim, new.pid).await;
-    let messages: Vec<String> = shim.messages().into_iter().skip(mark).collect();
+    let messages = shim.messages_since(mark);
     let position = |needle: &str| messages.iter().position(|m| m.contains(needle));
     let started = position("engine 1.1.0 started").expect("the start line");
     let acquired = position("acquired the lock");

@@ -775,6 +775,21 @@ impl Shim {
             .collect()
     }
 
+    /// The shim's messages (not engine output) from the line at `mark` (a [`Shim::mark`]) on. The
+    /// mark counts every captured line, engine output included, so it cannot index the filtered
+    /// list [`Shim::messages`] returns.
+    pub fn messages_since(&self, mark: usize) -> Vec<String> {
+        self.proc
+            .output
+            .lines()
+            .iter()
+            .skip(mark)
+            .filter_map(|l| LogLine::parse(l))
+            .filter(|l| l.is_shim())
+            .map(|l| l.message().to_string())
+            .collect()
+    }
+
     /// How many shim messages (not engine output) so far contain `needle`.
     pub fn count_messages(&self, needle: &str) -> usize {
         self.messages()
