@@ -408,6 +408,37 @@ fn set_timer(timer: &OwnedFd, deadline: Option<BootInstant>) {
     }
 }
 
+/// A real process to watch in tests: `sleep 300`, killed and reaped by [`Sleeper`]'s drop.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) struct Sleeper(std::process::Child);
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    pub(crate) fn watched_sleep() -> (Sleeper, Arc<Watch>) {
+        let child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .expect("cannot run sleep");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let watch = watch(Target {
+            pidfd: rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap(),
+            signal: Signal::KILL,
+            label: "1.0.0".into(),
+            engine_pid: child.id(),
+        })
+        .expect("the deadline killer starts");
+        (Sleeper(child), Arc::new(watch))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
