@@ -46,6 +46,10 @@
 //! only follows its own `Granted`, so a `Lost` that arrives while the loop does not count the lock
 //! as held (it released it, or is acquiring anew) belongs to an earlier grant: ignore it.
 //!
+//! The run loop may be too starved to handle a `Lost` in time, so it does not rely on that alone:
+//! it [`Lock::attach`]es every engine it starts, and the worker's own thread keeps that engine's
+//! kill deadline armed with the deadline killer (`deadline_kill.rs`) at every grant and renewal.
+//!
 //! Before exiting after a release, await [`Lock::settle`]: a PostgreSQL lock is given back by its
 //! worker, and a process that exits first leaves its lease to run out instead of handing over.
 //!
