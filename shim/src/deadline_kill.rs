@@ -10,7 +10,11 @@
 //!
 //! How it is used: the supervisor [`watch`]es every child it spawns (through a pidfd, so a
 //! recycled pid is never signalled), [`Watch::arm`]s it with a deadline when the lock is lost, and
-//! drops the [`Watch`] once the child is reaped, which disarms it for good.
+//! drops the [`Watch`] once the child is reaped, which disarms it for good. While the child runs on
+//! a database lock, the lock's own worker thread also keeps a [`LeaseLink`] to it: it sets the
+//! lease's kill deadline at the grant and moves it later at every renewal (a dead man's switch),
+//! so the child dies by that deadline even if the loss of the lock is never handled by the run
+//! loop at all (its runtime starved before the loss was even reported).
 //!
 //! Shape: the decisions — which watched child is armed, by when, which are due — are the pure
 //! [`Schedule`]; the thread only sleeps on a `CLOCK_BOOTTIME` timerfd (the clock the lock's
@@ -35,8 +39,15 @@ use crate::lock::BootInstant;
 /// Which watched targets are armed and by when. Pure: no clock, no signals.
 ///
 /// A target is watched from its spawn until it is reaped ([`Schedule::forget`]); only a watched
-/// target can be armed, so a late arm for a reaped child does nothing. An armed deadline only ever
-/// moves earlier, and a target is handed out (and forgotten) once, when its deadline has come.
+/// target can be armed, so a late arm for a reaped child does nothing. A target is handed out (and
+/// forgotten) once, when its deadline has come.
+///
+/// A target has two deadlines, and is due at the earlier of them:
+/// - the **fence** ([`Schedule::arm`]): set once the lock is lost; it only ever moves earlier,
+///   since nothing can make a lost lock good again;
+/// - the **lease** ([`Schedule::hold_until`]): the kill deadline of a lock still held, owned by
+///   the lock's worker, which moves it later at every renewal and clears it when the lock is
+///   given back. A renewal can therefore never undo a fence.
 #[derive(Debug)]
 pub struct Schedule<T> {
     entries: BTreeMap<u64, Entry<T>>,
@@ -46,7 +57,18 @@ pub struct Schedule<T> {
 #[derive(Debug)]
 struct Entry<T> {
     target: T,
-    deadline: Option<BootInstant>,
+    fence: Option<BootInstant>,
+    lease: Option<BootInstant>,
+}
+
+impl<T> Entry<T> {
+    /// When the target is due: the earlier of its two deadlines.
+    fn deadline(&self) -> Option<BootInstant> {
+        match (self.fence, self.lease) {
+            (Some(fence), Some(lease)) => Some(fence.min(lease)),
+            (fence, lease) => fence.or(lease),
+        }
+    }
 }
 
 impl<T> Default for Schedule<T> {
@@ -67,18 +89,31 @@ impl<T> Schedule<T> {
             key,
             Entry {
                 target,
-                deadline: None,
+                fence: None,
+                lease: None,
             },
         );
         key
     }
 
-    /// Arms `key` to be due at `deadline`, or earlier if it already is. False if `key` is not
-    /// watched (any more): it was reaped or has been handed out already.
+    /// Arms `key`'s fence to be due at `deadline`, or earlier if it already is. False if `key` is
+    /// not watched (any more): it was reaped or has been handed out already.
     pub fn arm(&mut self, key: u64, deadline: BootInstant) -> bool {
         match self.entries.get_mut(&key) {
             Some(entry) => {
-                entry.deadline = Some(entry.deadline.map_or(deadline, |d| d.min(deadline)));
+                entry.fence = Some(entry.fence.map_or(deadline, |d| d.min(deadline)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets `key`'s lease deadline to `deadline`, later or earlier than before, or clears it
+    /// (`None`: the lock was given back). Leaves the fence alone. False if `key` is not watched.
+    pub fn hold_until(&mut self, key: u64, deadline: Option<BootInstant>) -> bool {
+        match self.entries.get_mut(&key) {
+            Some(entry) => {
+                entry.lease = deadline;
                 true
             }
             None => false,
@@ -95,7 +130,7 @@ impl<T> Schedule<T> {
         let due: Vec<u64> = self
             .entries
             .iter()
-            .filter(|(_, entry)| entry.deadline.is_some_and(|d| d <= now))
+            .filter(|(_, entry)| entry.deadline().is_some_and(|d| d <= now))
             .map(|(key, _)| *key)
             .collect();
         due.into_iter().filter_map(|key| self.forget(key)).collect()
@@ -103,13 +138,15 @@ impl<T> Schedule<T> {
 
     /// The earliest armed deadline: when the thread must wake next.
     pub fn next_deadline(&self) -> Option<BootInstant> {
-        self.entries.values().filter_map(|e| e.deadline).min()
+        self.entries.values().filter_map(Entry::deadline).min()
     }
 
     /// Whether `key` is watched and armed.
     #[cfg(test)]
     pub fn is_armed(&self, key: u64) -> bool {
-        self.entries.get(&key).is_some_and(|e| e.deadline.is_some())
+        self.entries
+            .get(&key)
+            .is_some_and(|e| e.deadline().is_some())
     }
 }
 
@@ -210,6 +247,19 @@ impl Watch {
         }
     }
 
+    /// The process must be dead by `deadline` unless this is called again before it: the lease's
+    /// kill deadline, which a renewal moves later; `None` clears it (the lock was given back).
+    /// Leaves a deadline set by [`Watch::arm`] alone. False once the process is not watched any
+    /// more (reaped, or killed already).
+    pub fn hold_until(&self, deadline: Option<BootInstant>) -> bool {
+        let mut schedule = self.shared.schedule();
+        let watched = schedule.hold_until(self.key, deadline);
+        if watched {
+            set_timer(&self.shared.timer, schedule.next_deadline());
+        }
+        watched
+    }
+
     /// Nothing is to be sent to the process any more: it was reaped, or killed by other means.
     /// Idempotent; dropping the watch does the same.
     pub fn forget(&self) {
@@ -230,6 +280,41 @@ impl Watch {
 impl Drop for Watch {
     fn drop(&mut self) {
         self.forget();
+    }
+}
+
+/// A database lock's dead man's switch on one engine: the lock's worker thread, not the run loop,
+/// keeps the engine's kill deadline armed while the engine runs on the lock.
+///
+/// Why from the worker's thread: the run loop arms the fence only once it has *handled* a loss,
+/// and a starved runtime may not get that far before the database lets another host in. The
+/// worker arms the lease's kill deadline at the grant and moves it on with every renewal that
+/// succeeds, on its own thread, before the previous deadline (renewals succeed before the renew
+/// deadline, which is earlier than the kill deadline); so an engine whose lock goes unrenewed dies
+/// by the kill deadline with no help from the runtime, and one whose lock is renewed never does.
+#[derive(Debug, Clone)]
+pub struct LeaseLink(Arc<Watch>);
+
+impl LeaseLink {
+    pub fn new(watch: Arc<Watch>) -> Self {
+        LeaseLink(watch)
+    }
+
+    /// The lock was granted or renewed: the engine must be dead by `kill_by` unless a later
+    /// renewal moves it on. False once the engine is not watched any more (it was reaped): the
+    /// link can be dropped.
+    pub fn hold_until(&self, kill_by: BootInstant) -> bool {
+        self.0.hold_until(Some(kill_by))
+    }
+
+    /// The lock is lost: the engine must be dead by `kill_by`, which no renewal can move later.
+    pub fn lost(&self, kill_by: BootInstant) {
+        self.0.arm(kill_by);
+    }
+
+    /// The lock was given back cleanly: no lease deadline any more (a fence, if any, stays).
+    pub fn released(&self) {
+        self.0.hold_until(None);
     }
 }
 
@@ -323,6 +408,37 @@ fn set_timer(timer: &OwnedFd, deadline: Option<BootInstant>) {
     }
 }
 
+/// A real process to watch in tests: `sleep 300`, killed and reaped by [`Sleeper`]'s drop.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) struct Sleeper(std::process::Child);
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    pub(crate) fn watched_sleep() -> (Sleeper, Arc<Watch>) {
+        let child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .expect("cannot run sleep");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let watch = watch(Target {
+            pidfd: rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap(),
+            signal: Signal::KILL,
+            label: "1.0.0".into(),
+            engine_pid: child.id(),
+        })
+        .expect("the deadline killer starts");
+        (Sleeper(child), Arc::new(watch))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +472,64 @@ mod tests {
         assert_eq!(schedule.next_deadline(), Some(at(500)));
         schedule.arm(key, at(200));
         assert_eq!(schedule.next_deadline(), Some(at(200)));
+    }
+
+    #[test]
+    fn a_renewal_moves_the_lease_deadline_later_and_a_release_clears_it() {
+        let mut schedule = Schedule::default();
+        let key = schedule.watch("engine");
+        assert!(schedule.hold_until(key, Some(at(4_000))));
+        assert_eq!(schedule.next_deadline(), Some(at(4_000)));
+        // Renewed before the deadline: moved later, so not due at the old one.
+        assert!(schedule.hold_until(key, Some(at(5_000))));
+        assert!(schedule.take_due(at(4_000)).is_empty());
+        assert_eq!(schedule.next_deadline(), Some(at(5_000)));
+        // Given back cleanly: nothing is due, ever.
+        assert!(schedule.hold_until(key, None));
+        assert_eq!(schedule.next_deadline(), None);
+        assert!(schedule.take_due(at(1_000_000)).is_empty());
+    }
+
+    #[test]
+    fn an_unrenewed_lease_deadline_fires() {
+        let mut schedule = Schedule::default();
+        let key = schedule.watch("engine");
+        schedule.hold_until(key, Some(at(4_000)));
+        assert!(schedule.take_due(at(3_999)).is_empty());
+        assert_eq!(schedule.take_due(at(4_000)), ["engine"]);
+        assert!(
+            !schedule.hold_until(key, Some(at(9_000))),
+            "handed out already"
+        );
+    }
+
+    #[test]
+    fn a_renewal_never_postpones_a_fence_and_a_release_never_clears_it() {
+        let mut schedule = Schedule::default();
+        let key = schedule.watch("engine");
+        schedule.hold_until(key, Some(at(4_000)));
+        schedule.arm(key, at(3_000));
+        assert_eq!(schedule.next_deadline(), Some(at(3_000)));
+        // A late renewal's answer (delivered after the loss) changes nothing.
+        schedule.hold_until(key, Some(at(9_000)));
+        assert_eq!(schedule.next_deadline(), Some(at(3_000)));
+        schedule.hold_until(key, None);
+        assert_eq!(schedule.next_deadline(), Some(at(3_000)));
+        // And a fence later than the lease deadline does not postpone the lease's.
+        let other = schedule.watch("other");
+        schedule.hold_until(other, Some(at(2_000)));
+        schedule.arm(other, at(8_000));
+        assert_eq!(schedule.take_due(at(2_000)), ["other"]);
+    }
+
+    #[test]
+    fn a_reaped_target_ignores_its_lease() {
+        let mut schedule = Schedule::default();
+        let key = schedule.watch("reaped");
+        schedule.hold_until(key, Some(at(4_000)));
+        schedule.forget(key);
+        assert!(!schedule.hold_until(key, Some(at(5_000))));
+        assert_eq!(schedule.next_deadline(), None);
     }
 
     #[test]

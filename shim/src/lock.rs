@@ -46,6 +46,10 @@
 //! only follows its own `Granted`, so a `Lost` that arrives while the loop does not count the lock
 //! as held (it released it, or is acquiring anew) belongs to an earlier grant: ignore it.
 //!
+//! The run loop may be too starved to handle a `Lost` in time, so it does not rely on that alone:
+//! it [`Lock::attach`]es every engine it starts, and the worker's own thread keeps that engine's
+//! kill deadline armed with the deadline killer (`deadline_kill.rs`) at every grant and renewal.
+//!
 //! Before exiting after a release, await [`Lock::settle`]: a PostgreSQL lock is given back by its
 //! worker, and a process that exits first leaves its lease to run out instead of handing over.
 //!
@@ -82,6 +86,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
+
+use crate::deadline_kill::LeaseLink;
 
 pub use fence::BootInstant;
 use file::{LockFile, TryLock};
@@ -178,6 +184,12 @@ enum Holding {
         /// The worker's renew deadline, moved on with every renewal: past it the lock must not
         /// be used any more, even before the worker (perhaps just woken from a pause) says so.
         usable_until: BootInstant,
+        /// The kill deadline of the last grant or renewal: by then the engines running on the
+        /// lock must be dead unless another renewal succeeds first.
+        kill_by: BootInstant,
+        /// The engines running on the lock, whose kill deadline the worker's own thread moves on
+        /// at every renewal ([`Lock::attach`]); links to engines already reaped are dropped then.
+        links: Vec<LeaseLink>,
     },
 }
 
@@ -270,7 +282,10 @@ impl Lock {
     pub fn release(&mut self) {
         let mut phase = lock(&self.phase);
         match std::mem::replace(&mut *phase, Claim::Idle) {
-            Claim::Held(Holding::Database { .. }) => {
+            Claim::Held(Holding::Database { links, .. }) => {
+                for link in links {
+                    link.released();
+                }
                 if let Some(worker) = &self.worker {
                     worker.unsettle();
                 }
@@ -319,6 +334,19 @@ impl Lock {
     #[cfg(test)]
     pub fn is_held(&self) -> bool {
         matches!(*lock(&self.phase), Claim::Held(_))
+    }
+
+    /// Puts the engine just started on this lock under the lock's dead man's switch: a database
+    /// lock's worker arms the engine's kill deadline at once, from its own thread moves it on at
+    /// every renewal, and clears it when the lock is given back, so the engine dies by the lock's
+    /// kill deadline even if the run loop never gets to handle the loss. A no-op for a file lock or
+    /// no lock (they cannot be lost while held) and when nothing is held.
+    pub fn attach(&self, link: LeaseLink) {
+        if let Claim::Held(Holding::Database { kill_by, links, .. }) = &mut *lock(&self.phase) {
+            if link.hold_until(*kill_by) {
+                links.push(link);
+            }
+        }
     }
 
     /// The held flock, for the engine about to be started to inherit (see the module docs).

@@ -795,6 +795,9 @@ impl Shell {
                     engine_version = %spec.label, pid = child.pid(), block_number = block.number,
                     "engine {} started (pid {})", spec.label, child.pid()
                 );
+                // A database lock's own thread now keeps the engine's kill deadline armed: it
+                // dies in time even if this loop never gets to handle the lock's loss.
+                self.lock.attach(child.lease_link());
                 self.children.insert(engine, child);
                 self.metrics
                     .engine_started(self.engines[engine].covers.newest());

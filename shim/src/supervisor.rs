@@ -18,7 +18,8 @@
 //! - a hard kill deadline ([`ChildHandle::kill_by`], the lock's fence) is also watched by the
 //!   deadline killer (`deadline_kill.rs`), an OS thread that sends the same [`guardian::KILL_NOW`]
 //!   through the guardian's pidfd: the engine dies on time even when this module's task, which
-//!   normally kills it first, is held up by a busy runtime.
+//!   normally kills it first, is held up by a busy runtime. A database lock's worker keeps that
+//!   deadline armed at the lock's kill deadline while the lock is held ([`ChildHandle::lease_link`]).
 
 use std::borrow::Cow;
 use std::io::{self, Read};
@@ -36,7 +37,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::deadline_kill::{self, Watch};
+use crate::deadline_kill::{self, LeaseLink, Watch};
 use crate::guardian::{self, Report};
 use crate::lock::BootInstant;
 
@@ -123,6 +124,12 @@ impl ChildHandle {
     /// once the child has been reaped.
     pub fn kill_by(&self, deadline: BootInstant) {
         self.deadline.arm(deadline);
+    }
+
+    /// The child's dead man's switch, for the database lock it runs on to keep armed at the
+    /// lock's kill deadline from the lock's own thread (see [`crate::lock::Lock::attach`]).
+    pub fn lease_link(&self) -> LeaseLink {
+        LeaseLink::new(Arc::clone(&self.deadline))
     }
 }
 

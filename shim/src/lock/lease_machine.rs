@@ -140,14 +140,20 @@ pub(super) enum Event {
         serial: u64,
         holder: Option<HolderInfo>,
     },
-    /// Acquisition `serial` holds the lock; it may be acted on until `usable_until`.
+    /// Acquisition `serial` holds the lock; it may be acted on until `usable_until`, and its
+    /// engine must be dead by `kill_by` unless a renewal succeeds first.
     Granted {
         serial: u64,
         epoch: Option<u64>,
         usable_until: BootInstant,
+        kill_by: BootInstant,
     },
-    /// A renewal succeeded: the held lock may be acted on until `usable_until`.
-    Renewed { usable_until: BootInstant },
+    /// A renewal succeeded: the held lock may be acted on until `usable_until`, and its engine
+    /// must be dead by `kill_by` unless another renewal succeeds first.
+    Renewed {
+        usable_until: BootInstant,
+        kill_by: BootInstant,
+    },
     /// The lock granted to `serial` is lost; its engine must be dead by `kill_by`. If the handle
     /// gave the lock back first, answer with [`LeaseMachine::handle_loss_unheard`].
     Lost {
@@ -746,6 +752,7 @@ impl LeaseMachine {
             serial,
             epoch,
             usable_until: fence.renew_deadline(),
+            kill_by: fence.kill_deadline(),
         });
     }
 
@@ -799,8 +806,10 @@ impl LeaseMachine {
             Some(Ok(None)) => {
                 held.fence.renewed(renewal.sent);
                 held.last_error = None;
-                let usable_until = held.fence.renew_deadline();
-                self.events.push_back(Event::Renewed { usable_until });
+                self.events.push_back(Event::Renewed {
+                    usable_until: held.fence.renew_deadline(),
+                    kill_by: held.fence.kill_deadline(),
+                });
             }
             Some(Ok(Some(why))) => self.lose(serial, why, now),
             Some(Err(err)) => {

@@ -892,3 +892,25 @@ async fn a_holder_keeps_renewing_a_short_lease() {
     assert!(quiet.is_err(), "{quiet:?}");
     assert!(holder.is_held() && holder.usable());
 }
+
+/// The dead man's switch: an engine attached to a held database lock has its kill deadline armed
+/// at once (by the lock, not by any handling of a loss), and a clean release disarms it.
+#[tokio::test]
+async fn an_attached_engine_is_armed_while_the_lock_is_held_and_disarmed_by_its_release() {
+    use crate::deadline_kill::{testing::watched_sleep, LeaseLink};
+    let name = unique_name("deadman");
+    let mut lock = pg_lock(&options(LockMode::Lease, &name, MS(2000), MS(400)));
+    let (_sleeper, watch) = watched_sleep();
+    // Nothing held: nothing to arm.
+    lock.attach(LeaseLink::new(Arc::clone(&watch)));
+    assert!(!watch.is_armed());
+    let (_, _events) = granted(&mut lock, me(1, "1.0.0")).await;
+    lock.attach(LeaseLink::new(Arc::clone(&watch)));
+    assert!(
+        watch.is_armed(),
+        "the lock's kill deadline is armed at once"
+    );
+    lock.release();
+    assert!(!watch.is_armed(), "a clean release disarms it");
+    assert!(lock.settle(PATIENCE).await);
+}

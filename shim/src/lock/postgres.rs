@@ -13,7 +13,11 @@
 //! connection and the connection's task all live there), not on the shim's runtime: a renewal
 //! and the fence deadline must never wait behind other work of the shim. A worker thread of the
 //! shim's runtime that blocks (a slow file read on a loaded host takes seconds) would otherwise
-//! hold back the renewals and the loss until the database had let another holder in.
+//! hold back the renewals and the loss until the database had let another holder in. For the same
+//! reason this thread keeps the engines' kill deadlines armed itself (see [`Lock::attach`]),
+//! moving them on at every renewal, so a loss kills in time even if nobody ever handles it.
+//!
+//! [`Lock::attach`]: super::Lock::attach
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -293,6 +297,7 @@ pub(super) fn deliver(phase: &mut Claim, event: Event, config: &PgLockConfig) ->
             serial,
             epoch,
             usable_until,
+            kill_by,
         } => {
             let Claim::Waiting { want } = phase else {
                 return true;
@@ -304,6 +309,8 @@ pub(super) fn deliver(phase: &mut Claim, event: Event, config: &PgLockConfig) ->
                         serial,
                         events: want.events,
                         usable_until,
+                        kill_by,
+                        links: Vec::new(),
                     });
                 }
                 // Asked for again meanwhile (with other holder information): the next attempt,
@@ -313,9 +320,20 @@ pub(super) fn deliver(phase: &mut Claim, event: Event, config: &PgLockConfig) ->
         }
         Event::Renewed {
             usable_until: until,
+            kill_by: renewed_kill_by,
         } => {
-            if let Claim::Held(Holding::Database { usable_until, .. }) = phase {
+            if let Claim::Held(Holding::Database {
+                usable_until,
+                kill_by,
+                links,
+                ..
+            }) = phase
+            {
                 *usable_until = until;
+                *kill_by = renewed_kill_by;
+                // On this thread, not the shim's runtime: the engines' deadlines move on even
+                // while the runtime is starved, and before the previous ones come.
+                links.retain(|link| link.hold_until(renewed_kill_by));
             }
         }
         Event::Lost {
@@ -326,6 +344,7 @@ pub(super) fn deliver(phase: &mut Claim, event: Event, config: &PgLockConfig) ->
             let Claim::Held(Holding::Database {
                 serial: held,
                 events,
+                links,
                 ..
             }) = &*phase
             else {
@@ -333,6 +352,11 @@ pub(super) fn deliver(phase: &mut Claim, event: Event, config: &PgLockConfig) ->
             };
             if *held != serial {
                 return false;
+            }
+            // Armed here, on this thread: the engines die by `kill_by` even if the run loop never
+            // gets to handle the loss.
+            for link in links {
+                link.lost(kill_by);
             }
             tracing::debug!(lock = %config, "lock lost: {reason}");
             let _ = events.send(LockEvent::Lost { reason, kill_by });

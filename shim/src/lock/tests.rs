@@ -606,3 +606,15 @@ fn only_a_held_file_lock_can_be_inherited() {
     let (_dir, path) = lock_path();
     assert_eq!(lock_at(&path).inheritable(), None);
 }
+
+/// A file lock cannot be lost while held: it arms no kill deadline for its engine.
+#[tokio::test]
+async fn a_file_lock_arms_no_kill_deadline() {
+    use crate::deadline_kill::{testing::watched_sleep, LeaseLink};
+    let (_dir, path) = lock_path();
+    let mut lock = lock_at(&path);
+    granted(&mut lock, holder(1, "1.0.0")).await;
+    let (_sleeper, watch) = watched_sleep();
+    lock.attach(LeaseLink::new(std::sync::Arc::clone(&watch)));
+    assert!(!watch.is_armed());
+}

@@ -80,6 +80,7 @@ fn holding_lease() -> LeaseMachine {
             serial: 1,
             epoch: Some(3),
             usable_until: at(2500),
+            kill_by: at(4000),
         }]
     );
     m.handle_want(at(4), Want::Hold { serial: 1 });
@@ -106,7 +107,8 @@ fn renewals_move_the_deadline_from_when_each_was_sent() {
     assert_eq!(
         events(&mut m),
         [Event::Renewed {
-            usable_until: at(3500)
+            usable_until: at(3500),
+            kill_by: at(5000),
         }]
     );
     assert_eq!(m.poll_timeout(), Some(at(2000)));
