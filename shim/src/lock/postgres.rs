@@ -353,13 +353,15 @@ pub(super) fn deliver(phase: &mut Claim, event: Event, config: &PgLockConfig) ->
             if *held != serial {
                 return false;
             }
+            tracing::debug!(lock = %config, "lock lost: {reason}");
+            // The loss goes to the run loop first: it reads lock news before an engine's exit, so
+            // an engine killed by the deadline armed below is seen as fenced, never as crashed.
+            let _ = events.send(LockEvent::Lost { reason, kill_by });
             // Armed here, on this thread: the engines die by `kill_by` even if the run loop never
             // gets to handle the loss.
             for link in links {
                 link.lost(kill_by);
             }
-            tracing::debug!(lock = %config, "lock lost: {reason}");
-            let _ = events.send(LockEvent::Lost { reason, kill_by });
             *phase = Claim::Idle;
         }
         Event::Failed { serial, error } => {
